@@ -1,0 +1,3 @@
+"""corral: a self-hosted runtime for long-running AI agents."""
+
+__version__ = "0.1.0"

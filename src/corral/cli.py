@@ -1,0 +1,214 @@
+"""The `corral` command: `corral serve` (the default), `corral migrate`, `corral keys`, `corral agents`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+import yaml
+
+from . import __version__
+from .config import Settings
+
+app = typer.Typer(
+    help="corral: a self-hosted runtime for long-running AI agents, speaking the Managed Agents API.",
+    no_args_is_help=False,
+    add_completion=False,
+)
+keys_app = typer.Typer(help="API keys accepted by the server (stored hashed).", no_args_is_help=True)
+agents_app = typer.Typer(help="Agent definitions, e.g. from YAML files checked into a repo.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(agents_app, name="agents")
+
+DatabaseOption = typer.Option(
+    None,
+    "--database",
+    "-d",
+    envvar="CORRAL_DATABASE_URL",
+    help="SQLite file path or URL, or postgresql://user@host:port/db. Default: corral.db here.",
+    show_default=False,
+)
+
+
+def _settings(database: str | None, **overrides: Any) -> Settings:
+    values = {k: v for k, v in overrides.items() if v is not None}
+    if database:
+        values["database_url"] = database
+    return Settings(**values)
+
+
+@app.callback(invoke_without_command=True)
+def main_callback(
+    ctx: typer.Context,
+    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+) -> None:
+    """With no command, `corral` runs `corral serve` with its defaults."""
+    if version:
+        typer.echo(f"corral {__version__}")
+        raise typer.Exit()
+    if ctx.invoked_subcommand is None:
+        serve(host="127.0.0.1", port=8000, database=None, workers=None, log_level="info")
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on."),
+    port: int = typer.Option(8000, "--port", "-p", help="Port to listen on; 0 picks a free one."),
+    database: str | None = DatabaseOption,
+    workers: int | None = typer.Option(
+        None, "--workers", "-w", help="Harness workers to run in this process (default 1; 0 = API only)."
+    ),
+    log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
+) -> None:
+    """Serve the API (and run harness workers) on the embedded SQLite file or PostgreSQL."""
+    import uvicorn
+
+    from .api.app import create_app
+
+    settings = _settings(database, workers=workers)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    bound_port = sock.getsockname()[1]
+    shown_host = f"[{host}]" if ":" in host else host
+    typer.echo(f"corral {__version__} serving on http://{shown_host}:{bound_port}", err=False)
+    typer.echo(f"database: {_redact(settings.database_url)}")
+    sys.stdout.flush()
+    config = uvicorn.Config(create_app(settings), log_level=log_level, lifespan="on", timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    asyncio.run(server.serve(sockets=[sock]))
+
+
+def _redact(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        if ":" in creds:
+            return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
+    return url
+
+
+@app.command()
+def migrate(database: str | None = DatabaseOption) -> None:
+    """Create or upgrade the database schema (serve does this on start too)."""
+    from .store.store import Store
+
+    async def run() -> None:
+        store = Store(_settings(database).async_database_url)
+        try:
+            await store.migrate()
+        finally:
+            await store.close()
+
+    asyncio.run(run())
+    typer.echo("database is up to date")
+
+
+def _with_store(database: str | None, action: Any) -> Any:
+    from .store.store import Store
+
+    async def run() -> Any:
+        store = Store(_settings(database).async_database_url)
+        try:
+            await store.migrate()
+            return await action(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
+@keys_app.command("create")
+def keys_create(
+    name: str = typer.Option("default", "--name", "-n", help="A label for the key."),
+    database: str | None = DatabaseOption,
+) -> None:
+    """Make an API key. It is printed once; only its hash is stored."""
+    info, secret = _with_store(database, lambda store: store.keys.create(name))
+    typer.echo(f"created key {info.id} ({name}); keep it, it is not shown again:", err=True)
+    typer.echo(secret)
+
+
+@keys_app.command("list")
+def keys_list(database: str | None = DatabaseOption) -> None:
+    """List keys (ids and names, never the keys)."""
+    for info in _with_store(database, lambda store: store.keys.list()):
+        state = "revoked" if info.revoked_at else "active"
+        typer.echo(f"{info.id}\t{info.name}\t{state}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: str = typer.Argument(..., help="Id of the key (key_…)."), database: str | None = DatabaseOption
+) -> None:
+    """Revoke a key: requests using it are refused from then on."""
+    if not _with_store(database, lambda store: store.keys.revoke(key_id)):
+        typer.echo(f"no active key {key_id}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"revoked {key_id}")
+
+
+def _load_definition(path: str) -> dict[str, Any]:
+    text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    data = yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise typer.BadParameter(f"{path} must hold one mapping (the agent definition)")
+    return data
+
+
+@agents_app.command("create")
+def agents_create(
+    file: str = typer.Option(..., "--file", "-f", help="YAML or JSON agent definition ('-' for stdin)."),
+    database: str | None = DatabaseOption,
+) -> None:
+    """Create an agent from a YAML/JSON file with the fields of `POST /v1/agents`; prints the agent."""
+    from pydantic import ValidationError
+
+    from .errors import ApiError
+    from .schemas.agents import AgentCreate
+    from .service.agents import create_agent
+
+    try:
+        params = AgentCreate.model_validate(_load_definition(file))
+        agent = _with_store(database, lambda store: create_agent(store, params))
+    except (ValidationError, ApiError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(json.dumps(agent.model_dump(mode="json"), indent=2))
+
+
+@agents_app.command("update")
+def agents_update(
+    agent_id: str = typer.Argument(..., help="Agent to update (a new version is made)."),
+    file: str = typer.Option(..., "--file", "-f", help="YAML or JSON with the fields of `POST /v1/agents/{id}`."),
+    database: str | None = DatabaseOption,
+) -> None:
+    """Update an agent from a YAML/JSON file; prints the new version."""
+    from pydantic import ValidationError
+
+    from .errors import ApiError
+    from .schemas.agents import AgentUpdate
+    from .service.agents import update_agent
+
+    try:
+        params = AgentUpdate.model_validate(_load_definition(file))
+        agent = _with_store(database, lambda store: update_agent(store, agent_id, params))
+    except (ValidationError, ApiError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(json.dumps(agent.model_dump(mode="json"), indent=2))
+
+
+def main() -> None:
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    app()
+
+
+if __name__ == "__main__":
+    main()

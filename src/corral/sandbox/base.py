@@ -1,0 +1,73 @@
+"""The `Sandbox` seam: an isolated, disposable place where one session's tool calls run.
+
+A sandbox is cattle: the harness holds nothing about it that it cannot rebuild from the session's
+environment. If it dies, the call in flight gets an error result and the next call gets a fresh one
+from the same recipe; the session's working directory lives outside the sandbox and survives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+__all__ = ["Sandbox", "SandboxDied", "SandboxSpec", "SandboxUnavailable", "ToolResult"]
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    """What a tool call produced: Managed Agents content blocks (text/image/document) and an error flag."""
+
+    content: list[dict[str, Any]]
+    is_error: bool = False
+
+    @classmethod
+    def text(cls, text: str, *, is_error: bool = False) -> ToolResult:
+        return cls(content=[{"type": "text", "text": text}], is_error=is_error)
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    """The recipe for one session's sandbox, derived from its environment config."""
+
+    session_id: str
+    workdir: str
+    """Host directory holding the session's persistent working directory (mounted at /workspace)."""
+    networking: dict[str, Any] = field(default_factory=lambda: {"type": "unrestricted"})
+    """The environment's `config.networking` object."""
+    packages: dict[str, list[str]] = field(default_factory=dict)
+    """The environment's `config.packages` lists (apt, pip, npm, ...)."""
+    env: dict[str, str] = field(default_factory=dict)
+    """Extra environment variables for processes inside (never secrets)."""
+
+
+class SandboxUnavailable(RuntimeError):
+    """Isolation cannot be provided on this machine (and the unsafe backend was not chosen)."""
+
+
+class SandboxDied(RuntimeError):
+    """The sandbox process went away mid-call (killed, OOM, crashed)."""
+
+
+@runtime_checkable
+class Sandbox(Protocol):
+    """One live sandbox. Backends: `local` (bubblewrap), `gvisor`, `unsafe` (explicit opt-in only)."""
+
+    spec: SandboxSpec
+
+    async def execute(self, name: str, input: dict[str, Any], *, timeout: float | None = None) -> ToolResult:
+        """Run agent-toolset tool `name` (bash, read, write, edit, glob, grep) with its input.
+
+        Tool-level failures (file not found, non-zero exit, ...) come back as `ToolResult(is_error=True)`;
+        `SandboxDied` is raised only when the sandbox itself is gone.
+        """
+        ...
+
+    async def interrupt(self) -> None:
+        """Stop whatever `execute` is running now, promptly (user.interrupt)."""
+        ...
+
+    def alive(self) -> bool: ...
+
+    async def close(self) -> None:
+        """Kill everything inside and release host resources. Idempotent. The workdir is kept."""
+        ...

@@ -1,0 +1,109 @@
+"""The database schema (SQLAlchemy Core), shared by SQLite and PostgreSQL.
+
+Times are integer microseconds since the epoch (`BigInteger`), so both dialects sort and compare them
+the same way. Resource bodies are the wire objects as JSON text; the columns beside them exist only
+to filter, order and enforce uniqueness.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", String(256), nullable=False),
+    Column("key_hash", String(128), nullable=False, unique=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("revoked_at", BigInteger),
+)
+
+agents = Table(
+    "agents",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("version", Integer, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Column("archived_at", BigInteger),
+    Column("body", Text, nullable=False),
+    Index("ix_agents_created", "created_at", "id"),
+)
+
+agent_versions = Table(
+    "agent_versions",
+    metadata,
+    Column("agent_id", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("body", Text, nullable=False),
+    PrimaryKeyConstraint("agent_id", "version"),
+)
+
+environments = Table(
+    "environments",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", String(256), nullable=False, unique=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Column("archived_at", BigInteger),
+    Column("body", Text, nullable=False),
+    Index("ix_environments_created", "created_at", "id"),
+)
+
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Column("archived_at", BigInteger),
+    Column("agent_id", String(64), nullable=False),
+    Column("agent_version", Integer, nullable=False),
+    Column("environment_id", String(64), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("body", Text, nullable=False),
+    Column("usage", Text, nullable=False),
+    # The event log's head: the seq of the last event appended (0 = none yet).
+    Column("last_seq", BigInteger, nullable=False, default=0),
+    # Scheduler state: input waiting for a worker, and which worker holds the session until when.
+    Column("needs_work", Boolean, nullable=False, default=False),
+    Column("lease_owner", String(128)),
+    Column("lease_until", BigInteger),
+    Index("ix_sessions_created", "created_at", "id"),
+    Index("ix_sessions_agent", "agent_id", "agent_version"),
+    Index("ix_sessions_work", "needs_work", "lease_until"),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("session_id", String(64), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("type", String(64), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("processed_at", BigInteger),
+    Column("body", Text, nullable=False),
+    # For replies and results: the id of the event answered (tool use awaiting a result or confirmation).
+    Column("ref", String(64)),
+    # The primary key is the fence: two writers can never both append the same position.
+    PrimaryKeyConstraint("session_id", "seq"),
+    Index("ix_events_session_type", "session_id", "type"),
+    Index("ix_events_session_ref", "session_id", "ref"),
+)
