@@ -26,8 +26,11 @@ __all__ = [
 
 
 def now_micros() -> int:
-    """Now, as integer microseconds since the epoch: the store's one time format (both dialects)."""
-    return int(datetime.now(UTC).timestamp() * 1_000_000)
+    """Now, as integer microseconds since the epoch: the store's one time format (both dialects).
+
+    Stored times are whole milliseconds, the precision the API writes, so a filter built from a
+    timestamp a client read back compares equal to the stored value."""
+    return to_micros(datetime.now(UTC))
 
 
 def from_micros(value: int) -> datetime:
@@ -37,7 +40,8 @@ def from_micros(value: int) -> datetime:
 def to_micros(value: datetime) -> int:
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
-    return int(value.timestamp() * 1_000_000)
+    whole = int(value.replace(microsecond=0).timestamp())
+    return whole * 1_000_000 + (value.microsecond // 1000) * 1000
 
 
 def format_timestamp(value: datetime) -> str:
