@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -79,6 +80,12 @@ def serve(
     shown_host = f"[{host}]" if ":" in host else host
     typer.echo(f"corral {__version__} serving on http://{shown_host}:{bound_port}", err=False)
     typer.echo(f"database: {_redact(settings.database_url)}")
+    if settings.workers:
+        from .runtime import Runtime
+
+        typer.echo(f"workers: {settings.workers}; " + Runtime(settings).model_client().describe())  # type: ignore[attr-defined]
+    else:
+        typer.echo("workers: none (API only; run `corral worker` against the same database)")
     sys.stdout.flush()
     config = uvicorn.Config(create_app(settings), log_level=log_level, lifespan="on", timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
@@ -92,6 +99,39 @@ def _redact(url: str) -> str:
         if ":" in creds:
             return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
     return url
+
+
+@app.command()
+def worker(
+    database: str | None = DatabaseOption,
+    workers: int = typer.Option(32, "--workers", "-w", help="Sessions this process advances at once."),
+) -> None:
+    """Run harness workers only (no API), sharing the database with servers and other workers."""
+    from .runtime import Runtime
+
+    settings = _settings(database, workers=workers)
+
+    async def run() -> None:
+        runtime = Runtime(settings)
+        await runtime.start()
+        assert runtime.workers is not None
+        typer.echo(
+            f"corral worker {runtime.workers.owner} running {workers} workers on {_redact(settings.database_url)}"
+        )
+        _describe_model(runtime)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await runtime.close()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
+
+
+def _describe_model(runtime: Any) -> None:
+    describe = getattr(runtime.model, "describe", None)
+    if describe is not None:
+        typer.echo(describe())
 
 
 @app.command()

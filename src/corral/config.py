@@ -24,7 +24,7 @@ def normalize_database_url(url: str) -> str:
 class Settings(BaseSettings):
     """Configuration of the API server and workers. Each field is `CORRAL_<NAME>` in the environment."""
 
-    model_config = SettingsConfigDict(env_prefix="CORRAL_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="CORRAL_", extra="ignore", populate_by_name=True)
 
     database_url: str = Field(
         default="sqlite:///corral.db",
@@ -40,7 +40,11 @@ class Settings(BaseSettings):
         default=Path(".corral"),
         description="Where session working directories and other local state live.",
     )
-    workers: int = Field(default=1, description="Harness workers run inside `corral serve`.", ge=0)
+    workers: int = Field(
+        default=32,
+        description="Harness workers in this process: how many sessions it advances at once (0 = API only).",
+        ge=0,
+    )
     lease_seconds: float = Field(
         default=30.0, description="How long a worker's claim on a session lasts without a heartbeat.", gt=0
     )
@@ -68,6 +72,32 @@ class Settings(BaseSettings):
     model_max_retries: int = Field(default=4, description="Retries of a failed model call before the turn ends.", ge=0)
     model_retry_base_seconds: float = Field(default=1.0, description="First retry delay; doubles each retry.", ge=0)
     sse_ping_seconds: float = Field(default=15.0, description="Keep-alive interval on event streams.", gt=0)
+    max_output_tokens: int = Field(default=8192, description="`max_tokens` of each model call.", gt=0)
+    max_model_calls_per_turn: int = Field(
+        default=200, description="Model calls one turn may make before it stops with an error.", gt=0
+    )
+    max_tool_calls_per_turn: int = Field(
+        default=500, description="Tool calls one turn may make before it stops with an error.", gt=0
+    )
+    compact_at_tokens: int = Field(
+        default=160_000,
+        description="Compact the context when a model call's input plus output reaches this many tokens.",
+        gt=0,
+    )
+    max_compactions: int = Field(default=20, description="Compactions allowed in one session.", ge=0)
+    model_prices: dict[str, list[float]] | None = Field(
+        default=None,
+        description="Extra list prices for budgets, as JSON: model-id prefix -> "
+        "[input, output, cache read, cache write] USD per million tokens.",
+    )
+    sandbox: str = Field(
+        default="bwrap",
+        description="Where agent-toolset tools run: `bwrap` (isolated, default), or `unsafe-no-isolation` "
+        "(plain processes on this machine: only for trusted agents on machines without user namespaces).",
+    )
+    sandbox_idle_seconds: float = Field(
+        default=600.0, description="Close an idle session's sandbox after this long (its files are kept).", gt=0
+    )
 
     @property
     def async_database_url(self) -> str:

@@ -11,6 +11,11 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from .config import Settings
+from .harness.loop import Harness
+from .harness.tools import NoTools, ToolRunner
+from .harness.worker import WorkerPool
+from .models.base import ModelClient
+from .models.router import ModelRouter
 from .store.store import Store
 from .store.watch import Watcher
 
@@ -26,10 +31,46 @@ class Runtime:
         self.watcher = Watcher(self.store, settings.poll_interval)
         self._tasks: list[asyncio.Task[None]] = []
         self._closers: list[Callable[[], Awaitable[None]]] = []
+        self.model: ModelClient | None = None
+        self.tools: ToolRunner | None = None
+        self.workers: WorkerPool | None = None
 
-    async def start(self) -> None:
+    async def start(self, *, workers: int | None = None) -> None:
+        """Migrate, start watching the log, and run `workers` harness workers (settings by default)."""
         await self.store.migrate()
         await self.watcher.start()
+        count = self.settings.workers if workers is None else workers
+        if count > 0:
+            await self.start_workers(count)
+
+    def model_client(self) -> ModelClient:
+        s = self.settings
+        return ModelRouter(
+            anthropic_api_key=s.anthropic_api_key,
+            anthropic_base_url=s.anthropic_base_url,
+            openai_base_url=s.openai_base_url,
+            openai_api_key=s.openai_api_key,
+        )
+
+    def tool_runner(self) -> ToolRunner:
+        try:
+            from .sandbox.runner import SandboxToolRunner
+        except ImportError:
+            return NoTools("no sandbox backend is installed")
+        return SandboxToolRunner.from_settings(self.settings)
+
+    async def start_workers(self, count: int) -> None:
+        self.model = self.model or self.model_client()
+        self.tools = self.tools or self.tool_runner()
+        harness = Harness(self.store, self.model, self.tools, self.settings)
+        self.workers = WorkerPool(
+            self.store,
+            harness,
+            slots=count,
+            lease_seconds=self.settings.lease_seconds,
+            poll_interval=self.settings.poll_interval,
+        )
+        await self.workers.start()
 
     def spawn(self, coro: Awaitable[None], name: str) -> None:
         self._tasks.append(asyncio.ensure_future(coro))
@@ -39,6 +80,14 @@ class Runtime:
         self._closers.append(closer)
 
     async def close(self) -> None:
+        if self.workers is not None:
+            await self.workers.stop()
+        if self.tools is not None:
+            with contextlib.suppress(Exception):
+                await self.tools.aclose()
+        if self.model is not None:
+            with contextlib.suppress(Exception):
+                await self.model.aclose()
         for closer in reversed(self._closers):
             with contextlib.suppress(Exception):
                 await closer()

@@ -25,7 +25,7 @@ from .db import Database
 from .derive import SessionState, apply
 from .hub import EventHub, LoggedEvent
 
-__all__ = ["EventLog", "Tx"]
+__all__ = ["EventLog", "LeaseLost", "Tx"]
 
 
 @dataclass
@@ -38,22 +38,39 @@ class Tx:
     woken: set[str] = field(default_factory=set)
 
     async def append(
-        self, session_id: str, events: list[Event], *, needs_work: bool | None = None
+        self,
+        session_id: str,
+        events: list[Event],
+        *,
+        needs_work: bool | None = None,
+        owner: str | None = None,
+        decided_at: int | None = None,
     ) -> list[LoggedEvent]:
         """Append `events` after the session's head; fold them into its state.
 
         `needs_work` overrides the pending-work flag after folding (a worker clears it when it has
-        consumed all input, in the same transaction as the events that say so).
+        consumed all input, in the same transaction as the events that say so). With `decided_at`
+        (the log head the caller's decision was based on), clearing only happens if nothing was
+        appended since: input that raced in keeps the session's work pending. With `owner`, the
+        append only happens while that worker still holds the session's lease (`LeaseLost` if not).
         """
         row = (
             await self.conn.execute(
-                select(t.sessions.c.last_seq, t.sessions.c.status, t.sessions.c.needs_work, t.sessions.c.usage)
+                select(
+                    t.sessions.c.last_seq,
+                    t.sessions.c.status,
+                    t.sessions.c.needs_work,
+                    t.sessions.c.usage,
+                    t.sessions.c.lease_owner,
+                )
                 .where(t.sessions.c.id == session_id)
                 .with_for_update()
             )
         ).first()
         if row is None:
             raise NotFound("session", session_id)
+        if owner is not None and row.lease_owner != owner:
+            raise LeaseLost(f"worker {owner} no longer holds session {session_id}")
         state = SessionState.load(row.status, bool(row.needs_work), json.loads(row.usage))
         was_pending = state.needs_work
         seq = row.last_seq
@@ -80,7 +97,9 @@ class Tx:
             logged.append(LoggedEvent(seq=seq, type=wire["type"], json=body))
         if rows:
             await self.conn.execute(insert(t.events), rows)
-        if needs_work is not None:
+        if needs_work is not None and not (
+            needs_work is False and decided_at is not None and row.last_seq != decided_at
+        ):
             state.needs_work = needs_work
         await self.conn.execute(
             update(t.sessions)
@@ -97,6 +116,22 @@ class Tx:
         if (state.needs_work and not was_pending) or any(e.type in _WAKE_AGAIN for e in logged):
             self.woken.add(session_id)
         return logged
+
+    async def record(self, session_id: str, key: str, kind: str, body: dict[str, Any]) -> None:
+        """Write a harness record; the primary key rejects a second writer of the same key."""
+        await self.conn.execute(
+            insert(t.harness_records).values(
+                session_id=session_id,
+                key=key,
+                kind=kind,
+                created_at=self.now,
+                body=json.dumps(body, separators=(",", ":")),
+            )
+        )
+
+
+class LeaseLost(RuntimeError):
+    """The worker's lease on a session expired and another worker may have it: stop touching it."""
 
 
 _WAKE_AGAIN = frozenset({"user.interrupt"})
@@ -196,6 +231,28 @@ class EventLog:
         for row in rows:
             found.setdefault(row.ref, []).append(json.loads(row.body))
         return found
+
+    async def load(self, session_id: str) -> tuple[list[tuple[int, dict[str, Any]]], dict[str, dict[str, Any]]]:
+        """The whole log of a session (seq, wire dict) and its harness records by key, in one read."""
+        async with self.db.read() as conn:
+            rows = (
+                await conn.execute(
+                    select(t.events.c.seq, t.events.c.body)
+                    .where(t.events.c.session_id == session_id)
+                    .order_by(t.events.c.seq)
+                )
+            ).all()
+            records = (
+                await conn.execute(
+                    select(t.harness_records.c.key, t.harness_records.c.kind, t.harness_records.c.body).where(
+                        t.harness_records.c.session_id == session_id
+                    )
+                )
+            ).all()
+        return (
+            [(r.seq, json.loads(r.body)) for r in rows],
+            {r.key: {"kind": r.kind, **json.loads(r.body)} for r in records},
+        )
 
     async def head(self, session_id: str) -> int:
         async with self.db.read() as conn:

@@ -107,3 +107,18 @@ events = Table(
     Index("ix_events_session_type", "session_id", "type"),
     Index("ix_events_session_ref", "session_id", "ref"),
 )
+
+# What the harness must remember beyond the wire events, keyed like the side effect it records:
+# `model_output` (key = span start event id): the model's raw content blocks and tool-use id map;
+# `tool_run` (key = tool-use event id): written before a tool runs, so a crash never re-runs it;
+# `compaction` (key = compaction event id): the summary that replaced earlier context.
+harness_records = Table(
+    "harness_records",
+    metadata,
+    Column("session_id", String(64), nullable=False),
+    Column("key", String(64), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("body", Text, nullable=False),
+    PrimaryKeyConstraint("session_id", "key"),
+)

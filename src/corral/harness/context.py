@@ -1,0 +1,246 @@
+"""The fold: a session's log (plus harness records) → the model's context and what is still open.
+
+Everything the harness decides comes from this fold, so any worker that reads the log reaches the
+same decision; nothing about a session lives in a worker's memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Conversation", "ToolUse", "fold", "input_key", "run_key"]
+
+CLIENT_INPUT = frozenset({"user.message", "system.message", "user.interrupt", "user.tool_confirmation"})
+INTERRUPTED = "The user interrupted this tool call before it finished."
+SUPERSEDED = "No result: the user sent a new message instead of answering this tool call."
+
+
+@dataclass
+class ToolUse:
+    """One tool call of the latest model response."""
+
+    event_id: str
+    toolu_id: str
+    name: str
+    input: dict[str, Any]
+    kind: str  # agent | custom | mcp
+    permission: str  # allow | ask | deny
+    resolved: bool = False
+    confirmed: str | None = None  # allow | deny, from user.tool_confirmation
+    started: bool = False  # a tool_run record exists: it began in some worker
+
+    @property
+    def runnable(self) -> bool:
+        """The server should run it now."""
+        if self.resolved or self.kind == "custom":
+            return False
+        return self.permission == "allow" or self.confirmed == "allow"
+
+    @property
+    def waiting_on_client(self) -> bool:
+        if self.resolved:
+            return False
+        return self.kind == "custom" or (self.permission == "ask" and self.confirmed is None)
+
+
+@dataclass
+class Conversation:
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    user_blocks: list[dict[str, Any]] = field(default_factory=list)
+    """User content after the last assistant message (tool results first): the next call's input."""
+    pending: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    """Queued client events not yet folded into the context, in log order."""
+    tool_uses: dict[str, ToolUse] = field(default_factory=dict)
+    open_span: str | None = None
+    status: str = "idle"
+    last_idle: dict[str, Any] | None = None
+    last_stop_reason: str | None = None
+    """stop_reason of the latest model response."""
+    last_usage: dict[str, Any] | None = None
+    failures: int = 0
+    """Consecutive failed model calls (retrying errors) since the last good one."""
+    turn_model_calls: int = 0
+    turn_tool_calls: int = 0
+    compactions: int = 0
+    turn_closed: bool = False
+    """The turn ended without the model (error, budget, interrupt): wait for new input."""
+
+    def needs_model_call(self) -> bool:
+        if self.turn_closed or not self.user_blocks:
+            return False
+        return not any(not t.resolved for t in self.tool_uses.values())
+
+    def context(self) -> list[dict[str, Any]]:
+        """Messages for the next model call (the pending user content as the last user turn)."""
+        messages = list(self.messages)
+        if self.user_blocks:
+            _push_user(messages, self.user_blocks)
+        return messages
+
+
+def _push_user(messages: list[dict[str, Any]], blocks: list[dict[str, Any]]) -> None:
+    ordered = [b for b in blocks if b["type"] == "tool_result"] + [b for b in blocks if b["type"] != "tool_result"]
+    if messages and messages[-1]["role"] == "user":
+        messages[-1] = {"role": "user", "content": [*messages[-1]["content"], *ordered]}
+    else:
+        messages.append({"role": "user", "content": ordered})
+
+
+def _user_content(event: dict[str, Any]) -> list[dict[str, Any]]:
+    blocks = []
+    for block in event.get("content") or []:
+        if block["type"] == "text":
+            if block["text"]:
+                blocks.append({"type": "text", "text": block["text"]})
+        elif block["type"] in ("image", "document"):
+            blocks.append(block)
+    return blocks
+
+
+def _result_block(tool: ToolUse, content: list[dict[str, Any]] | None, is_error: bool) -> dict[str, Any]:
+    parts = []
+    for block in content or []:
+        if block["type"] == "text":
+            parts.append({"type": "text", "text": block["text"] or "(empty)"})
+        elif block["type"] in ("image", "document", "search_result"):
+            parts.append(block)
+    if not parts:
+        parts = [{"type": "text", "text": "(no output)"}]
+    return {"type": "tool_result", "tool_use_id": tool.toolu_id, "content": parts, "is_error": bool(is_error)}
+
+
+class _Folder:
+    def __init__(self, records: dict[str, dict[str, Any]]) -> None:
+        self.records = records
+        self.c = Conversation()
+
+    def resolve(self, event_id: str, content: list[dict[str, Any]] | None, is_error: bool) -> None:
+        tool = self.c.tool_uses.get(event_id)
+        if tool is None or tool.resolved:
+            return
+        tool.resolved = True
+        self.c.user_blocks.append(_result_block(tool, content, is_error))
+
+    def resolve_all(self, text: str, *, only_waiting: bool = False) -> None:
+        for tool in self.c.tool_uses.values():
+            if not tool.resolved and (tool.waiting_on_client or not only_waiting):
+                self.resolve(tool.event_id, [{"type": "text", "text": text}], True)
+
+    def event(self, ev: dict[str, Any]) -> None:
+        kind = ev["type"]
+        c = self.c
+        if kind in CLIENT_INPUT and ev.get("processed_at") is None:
+            return  # queued: handled by the caller as pending input
+        if kind == "user.message":
+            self.resolve_all(SUPERSEDED, only_waiting=True)
+            c.user_blocks.extend(_user_content(ev))
+            c.turn_closed = False
+            c.turn_model_calls = c.turn_tool_calls = 0
+        elif kind == "system.message":
+            text = "\n".join(b["text"] for b in ev["content"] if b.get("text"))
+            c.user_blocks.append({"type": "text", "text": f"<system>\n{text}\n</system>"})
+        elif kind == "user.interrupt":
+            self.resolve_all(INTERRUPTED)
+        elif kind == "user.tool_confirmation":
+            tool = c.tool_uses.get(ev["tool_use_id"])
+            if tool is not None:
+                tool.confirmed = ev["result"]
+                c.turn_closed = False
+                if ev["result"] == "deny":
+                    message = ev.get("deny_message") or "The user denied this tool call."
+                    self.resolve(tool.event_id, [{"type": "text", "text": f"Denied by the user: {message}"}], True)
+        elif kind == "user.custom_tool_result":
+            self.resolve(ev["custom_tool_use_id"], ev.get("content"), bool(ev.get("is_error")))
+            c.turn_closed = False
+        elif kind == "user.tool_result" or kind == "agent.tool_result":
+            self.resolve(ev["tool_use_id"], ev.get("content"), bool(ev.get("is_error")))
+        elif kind == "span.model_request_start":
+            c.open_span = ev["id"]
+        elif kind == "span.model_request_end":
+            self.span_end(ev)
+        elif kind == "session.error":
+            if ev["error"].get("retry_status", {}).get("type") == "retrying":
+                c.failures += 1
+            else:
+                c.failures = 0
+        elif kind == "agent.thread_context_compacted":
+            self.compacted(ev)
+        elif kind.startswith("session.status_"):
+            c.status = kind.removeprefix("session.status_").replace("rescheduled", "rescheduling")
+            c.last_idle = ev if kind == "session.status_idle" else None
+            if kind == "session.status_idle" and ev["stop_reason"]["type"] != "requires_action":
+                c.turn_closed = True
+
+    def span_end(self, ev: dict[str, Any]) -> None:
+        c = self.c
+        c.open_span = None
+        record = self.records.get(ev["model_request_start_id"])
+        if ev.get("is_error") or record is None:
+            return
+        c.failures = 0
+        c.turn_model_calls += 1
+        c.last_stop_reason = record.get("stop_reason")
+        c.last_usage = ev.get("model_usage")
+        if record["content"]:
+            if c.user_blocks:
+                _push_user(c.messages, c.user_blocks)
+                c.user_blocks = []
+            c.messages.append({"role": "assistant", "content": record["content"]})
+        c.tool_uses = {}
+        for tool in record.get("tools", []):
+            use = ToolUse(**{k: v for k, v in tool.items() if k in _TOOL_FIELDS})
+            use.started = run_key(use.event_id) in self.records
+            c.tool_uses[use.event_id] = use
+            c.turn_tool_calls += 1
+            if use.permission == "deny":
+                reason = tool.get("deny_reason") or "Tool call refused."
+                self.resolve(use.event_id, [{"type": "text", "text": reason}], True)
+
+    def compacted(self, ev: dict[str, Any]) -> None:
+        c = self.c
+        record = self.records.get(ev["id"])
+        if record is None:
+            return
+        c.compactions += 1
+        last_assistant = max((i for i, m in enumerate(c.messages) if m["role"] == "assistant"), default=None)
+        kept = c.messages[last_assistant:] if last_assistant is not None else []
+        summary = {"role": "user", "content": [{"type": "text", "text": record["summary"]}]}
+        c.messages = [summary, *kept]
+
+
+_TOOL_FIELDS = ("event_id", "toolu_id", "name", "input", "kind", "permission")
+
+
+def run_key(tool_use_id: str) -> str:
+    """Record key marking that a tool call began (written before it runs)."""
+    return "run:" + tool_use_id
+
+
+def input_key(event_id: str) -> str:
+    """Record key saying where in the log a queued client event was taken in."""
+    return "in:" + event_id
+
+
+def fold(events: list[tuple[int, dict[str, Any]]], records: dict[str, dict[str, Any]]) -> Conversation:
+    """Fold the log. A queued client event counts from the point where the harness took it in
+    (its `in:` record), not from where it was queued: a message sent mid-turn joins the context
+    after the work that was already under way, as it did when the harness read it."""
+    folder = _Folder(records)
+    taken_in: dict[int, list[dict[str, Any]]] = {}
+    for seq, ev in events:
+        if ev["type"] in CLIENT_INPUT:
+            if ev.get("processed_at") is None:
+                folder.c.pending.append((seq, ev))
+                continue
+            record = records.get(input_key(ev["id"]))
+            if record is not None and record["after_seq"] > seq:
+                taken_in.setdefault(record["after_seq"], []).append(ev)
+                continue
+        folder.event(ev)
+        for deferred in taken_in.pop(seq, []):
+            folder.event(deferred)
+    for seq in sorted(taken_in):
+        for deferred in taken_in[seq]:
+            folder.event(deferred)
+    return folder.c

@@ -1,0 +1,444 @@
+"""The harness: a stateless loop that advances one session from its log until it needs input.
+
+Each pass folds the log, takes the one next action the log calls for, and appends what happened
+(in a transaction fenced by the worker's lease), then folds again. Because every decision comes
+from the log, a worker that dies at any point is replaced by one that reads the same log and
+continues: a model call without its end span is closed as failed and issued again; a tool call
+that began but has no result is answered with an error saying so, never run a second time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from ..config import Settings
+from ..ids import new_id
+from ..models.base import BlockStart, ModelClient, ModelError, ModelRequest, ModelResponse, TextDelta
+from ..schemas.events import (
+    AgentCustomToolUse,
+    AgentMessage,
+    AgentThinking,
+    AgentToolResult,
+    AgentToolUse,
+    Event,
+    SessionError,
+    SessionStatusIdle,
+    SessionStatusRescheduled,
+    SessionStatusRunning,
+    SpanModelRequestEnd,
+    SpanModelRequestStart,
+    SpanModelUsage,
+    error_object,
+)
+from ..schemas.sessions import Session
+from ..store.events import EventLog
+from ..store.store import Store
+from . import crashpoints
+from .compaction import Compactor
+from .context import Conversation, ToolUse, fold, input_key, run_key
+from .policies import decide, model_tools
+from .pricing import list_cost_cents, price_for
+from .tools import ToolRunner
+
+__all__ = ["Harness", "Interrupted"]
+
+log = logging.getLogger("corral.harness")
+T = TypeVar("T")
+
+_ERROR_KINDS = {
+    "overloaded": "model_overloaded_error",
+    "rate_limited": "model_rate_limited_error",
+    "request_failed": "model_request_failed_error",
+    "billing": "billing_error",
+    "invalid_request": "model_request_failed_error",
+}
+WORKER_STOPPED = "This tool call was interrupted: the worker running it stopped before it finished. It was not re-run."
+
+
+class Interrupted(Exception):
+    """A `user.interrupt` arrived while an operation was in flight."""
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class _Pass:
+    """What one pass of the loop works with."""
+
+    session: Session
+    convo: Conversation
+    head: int
+
+
+class Harness:
+    def __init__(self, store: Store, model: ModelClient, tools: ToolRunner, settings: Settings) -> None:
+        self.store = store
+        self.model = model
+        self.tools = tools
+        self.settings = settings
+        self.compactor = Compactor(model, settings)
+
+    # ---- the loop --------------------------------------------------------------------------------
+
+    async def run(self, session_id: str, owner: str) -> None:
+        """Advance the session until it waits for input. Call only while holding its lease."""
+        head = await self.store.events.head(session_id)
+        with self.store.hub.follow(session_id, head) as channel:
+            watcher = _InterruptWatcher(self.store, session_id, channel, head)
+            try:
+                while await self._step(session_id, owner, watcher):
+                    pass
+            finally:
+                watcher.close()
+
+    async def _load(self, session_id: str) -> _Pass:
+        session = await self.store.sessions.get(session_id)
+        events, records = await self.store.events.load(session_id)
+        return _Pass(session, fold(events, records), events[-1][0] if events else 0)
+
+    async def _step(self, session_id: str, owner: str, watcher: _InterruptWatcher) -> bool:
+        """Take one action; False when the session is waiting (or cannot go on)."""
+        p = await self._load(session_id)
+        convo, session = p.convo, p.session
+        watcher.seen(p.head)
+        if session.status == "terminated" or session.archived_at is not None:
+            await self._append(session_id, owner, [], needs_work=False, head=p.head)
+            return False
+        if convo.open_span:  # a model call that never finished (crash or interrupt)
+            await self._append(session_id, owner, [_span_end(convo.open_span, None, error=True)])
+            return True
+        interrupts = [(s, e) for s, e in convo.pending if e["type"] == "user.interrupt"]
+        if interrupts:  # interrupts jump the queue: take in everything up to the last one
+            last = interrupts[-1][0]
+            await self._take_in(p, owner, [(s, e) for s, e in convo.pending if s <= last])
+            return True
+        runnable = [t for t in convo.tool_uses.values() if t.runnable]
+        if runnable:
+            await self._run_tool(p, owner, runnable[0], watcher)
+            return True
+        if convo.pending:
+            await self._take_in(p, owner, convo.pending)
+            return True
+        waiting = [t.event_id for t in convo.tool_uses.values() if t.waiting_on_client]
+        if waiting:
+            stop = {"type": "requires_action", "event_ids": waiting}
+            if convo.status != "idle" or (convo.last_idle or {}).get("stop_reason") != stop:
+                await self._append(session_id, owner, [_idle(stop)], needs_work=False, head=p.head)
+            else:
+                await self._append(session_id, owner, [], needs_work=False, head=p.head)
+            return False
+        if convo.needs_model_call():
+            return await self._before_model_call(p, owner, watcher)
+        # nothing left to do: the turn is over
+        if convo.status != "idle":
+            stop = {"type": "refusal"} if convo.last_stop_reason == "refusal" else {"type": "end_turn"}
+            await self._append(session_id, owner, [_idle(stop)], needs_work=False, head=p.head)
+        else:
+            await self._append(session_id, owner, [], needs_work=False, head=p.head)
+        return False
+
+    # ---- input --------------------------------------------------------------------------------
+
+    async def _take_in(self, p: _Pass, owner: str, pending: list[tuple[int, dict[str, Any]]]) -> None:
+        """Mark queued client events processed, recording where in the log they were taken in."""
+        interrupted = any(e["type"] == "user.interrupt" for _, e in pending)
+        async with self.store.events.transaction() as tx:
+            await EventLog.mark_processed(tx.conn, p.session.id, [s for s, _ in pending], tx.now)
+            for _, event in pending:
+                await tx.record(p.session.id, input_key(event["id"]), "input", {"after_seq": p.head})
+            starts_work = any(e["type"] in ("user.message", "user.tool_confirmation") for _, e in pending)
+            events: list[Event] = []
+            if starts_work and p.convo.status != "running":
+                events.append(SessionStatusRunning(id=new_id("event"), processed_at=_now()))
+            elif interrupted and not starts_work and p.convo.status != "idle":
+                events.append(_idle({"type": "end_turn"}))
+            await tx.append(p.session.id, events, owner=owner)
+
+    # ---- tools --------------------------------------------------------------------------------
+
+    async def _run_tool(self, p: _Pass, owner: str, tool: ToolUse, watcher: _InterruptWatcher) -> None:
+        session_id = p.session.id
+        if tool.started:  # it began under a worker that is gone: never run it twice
+            await self._append(session_id, owner, [_tool_result(tool, WORKER_STOPPED, error=True)])
+            return
+        if p.convo.turn_tool_calls > self.settings.max_tool_calls_per_turn:
+            await self._limit_reached(session_id, owner, "tool calls")
+            return
+        events: list[Event] = []
+        if p.convo.status != "running":
+            events.append(SessionStatusRunning(id=new_id("event"), processed_at=_now()))
+        async with self.store.events.transaction() as tx:
+            await tx.record(session_id, run_key(tool.event_id), "tool_run", {"owner": owner})
+            await tx.append(session_id, events, owner=owner)
+        await crashpoints.reach("after_tool_start")
+        try:
+            result = await watcher.guard(
+                self.tools.run(p.session, tool.name, tool.input), lambda: self.tools.interrupt(session_id)
+            )
+        except Interrupted:
+            await self._append(session_id, owner, [_tool_result(tool, "Interrupted by the user.", error=True)])
+            return
+        except Exception as exc:  # a broken tool must not wedge the session
+            log.exception("tool %s failed in session %s", tool.name, session_id)
+            await self._append(session_id, owner, [_tool_result(tool, f"Tool error: {exc}", error=True)])
+            return
+        await self._append(
+            session_id,
+            owner,
+            [AgentToolResult(id=new_id("event"), processed_at=_now(), tool_use_id=tool.event_id,
+                             content=result.content, is_error=result.is_error)],
+        )  # fmt: skip
+        await crashpoints.reach("after_tool_result")
+
+    # ---- model --------------------------------------------------------------------------------
+
+    async def _before_model_call(self, p: _Pass, owner: str, watcher: _InterruptWatcher) -> bool:
+        session, convo = p.session, p.convo
+        if convo.turn_model_calls >= self.settings.max_model_calls_per_turn:
+            await self._limit_reached(session.id, owner, "model calls")
+            return False
+        if session.budget is not None:
+            price = price_for(session.agent.model.id, self.settings.model_prices)
+            spent = list_cost_cents(session.usage.model_dump(), price) if price else None
+            if spent is None or spent >= int(session.budget.max_list_cost.amount):
+                await self._append(
+                    session.id, owner, [_idle({"type": "budget_reached"})], needs_work=False, head=p.head
+                )
+                return False
+        if self.compactor.due(convo):
+            await self._compact(p, owner, watcher)
+            return True
+        await self._model_call(p, owner, watcher)
+        return True
+
+    def _request(self, session: Session, convo: Conversation) -> ModelRequest:
+        agent = session.agent
+        return ModelRequest(
+            model=agent.model.id,
+            system=agent.system,
+            messages=convo.context(),
+            tools=model_tools(agent, self.tools.definitions),
+            max_tokens=self.settings.max_output_tokens,
+        )
+
+    async def _model_call(self, p: _Pass, owner: str, watcher: _InterruptWatcher) -> None:
+        session_id = p.session.id
+        start = SpanModelRequestStart(id=new_id("event"), processed_at=_now())
+        first: list[Event] = []
+        if p.convo.status != "running":
+            first.append(SessionStatusRunning(id=new_id("event"), processed_at=_now()))
+        await self._append(session_id, owner, [*first, start])
+        await crashpoints.reach("after_model_start")
+        message_id = new_id("event")
+        try:
+            response = await watcher.guard(self._stream(session_id, self._request(p.session, p.convo), message_id))
+        except Interrupted:
+            await self._append(session_id, owner, [_span_end(start.id, None, error=True)])
+            return
+        except ModelError as exc:
+            await self._model_failed(p, owner, start.id, exc, watcher)
+            return
+        await crashpoints.reach("before_model_end")
+        await self._model_done(p, owner, start.id, message_id, response)
+
+    async def _stream(self, session_id: str, request: ModelRequest, message_id: str) -> ModelResponse:
+        hub = self.store.hub
+        started_text = started_thinking = False
+        async for item in self.model.stream(request):
+            if isinstance(item, BlockStart):
+                if item.kind == "text" and not started_text:
+                    started_text = True
+                    hub.preview(session_id, "agent.message",
+                                {"type": "event_start", "event": {"type": "agent.message", "id": message_id}})  # fmt: skip
+                elif item.kind in ("thinking", "redacted_thinking") and not started_thinking:
+                    started_thinking = True
+                    hub.preview(session_id, "agent.thinking",
+                                {"type": "event_start", "event": {"type": "agent.thinking", "id": message_id + "t"}})  # fmt: skip
+            elif isinstance(item, TextDelta):
+                hub.preview(session_id, "agent.message", {
+                    "type": "event_delta", "event_id": message_id,
+                    "delta": {"type": "content_delta", "index": 0, "content": {"type": "text", "text": item.text}},
+                })  # fmt: skip
+            elif isinstance(item, ModelResponse):
+                return item
+        raise ModelError("request_failed", "the model stream ended without a response")
+
+    async def _model_done(self, p: _Pass, owner: str, start_id: str, message_id: str, response: ModelResponse) -> None:
+        session = p.session
+        now = _now()
+        events: list[Event] = []
+        content = response.content
+        if any(b["type"] in ("thinking", "redacted_thinking") for b in content):
+            events.append(AgentThinking(id=new_id("event"), processed_at=now))
+        text = [{"type": "text", "text": b["text"]} for b in content if b["type"] == "text" and b.get("text")]
+        if text:
+            events.append(AgentMessage(id=message_id, processed_at=now, content=text))
+        tools: list[dict[str, Any]] = []
+        for block in content:
+            if block["type"] != "tool_use":
+                continue
+            decision = decide(session.agent, block["name"], block.get("input") or {})
+            event_id = new_id("event")
+            if decision.kind == "custom":
+                events.append(
+                    AgentCustomToolUse(id=event_id, processed_at=now, name=block["name"], input=block["input"])
+                )
+            else:
+                events.append(
+                    AgentToolUse(id=event_id, processed_at=now, name=block["name"], input=block.get("input") or {},
+                                 evaluated_permission=decision.permission, evaluation=decision.evaluation)
+                )  # fmt: skip
+            tools.append({"event_id": event_id, "toolu_id": block["id"], "name": block["name"],
+                          "input": block.get("input") or {}, "kind": decision.kind,
+                          "permission": decision.permission, "deny_reason": decision.deny_reason})  # fmt: skip
+        events.append(_span_end(start_id, response.usage, error=False))
+        async with self.store.events.transaction() as tx:
+            await tx.record(session.id, start_id, "model_output",
+                            {"content": content, "stop_reason": response.stop_reason, "tools": tools})  # fmt: skip
+            await tx.append(session.id, events, owner=owner)
+        await crashpoints.reach("after_model_end")
+
+    async def _model_failed(
+        self, p: _Pass, owner: str, start_id: str, exc: ModelError, watcher: _InterruptWatcher
+    ) -> None:
+        session_id = p.session.id
+        kind = _ERROR_KINDS[exc.kind]
+        attempts = p.convo.failures + 1
+        if exc.retryable and attempts <= self.settings.model_max_retries:
+            await self._append(session_id, owner, [
+                _span_end(start_id, None, error=True),
+                SessionError(id=new_id("event"), processed_at=_now(), error=error_object(kind, exc.message, "retrying")),
+                SessionStatusRescheduled(id=new_id("event"), processed_at=_now()),
+            ])  # fmt: skip
+            delay = exc.retry_after or self.settings.model_retry_base_seconds * 2 ** (attempts - 1)
+            try:
+                await watcher.guard(asyncio.sleep(min(delay, 60)))
+            except Interrupted:
+                return
+            return
+        # the turn is dead: queued input is flushed and the session idles
+        async with self.store.events.transaction() as tx:
+            flushed = [s for s, e in p.convo.pending if e["type"] != "user.interrupt"]
+            await EventLog.mark_processed(tx.conn, session_id, flushed, tx.now)
+            await tx.append(session_id, [
+                _span_end(start_id, None, error=True),
+                SessionError(id=new_id("event"), processed_at=_now(), error=error_object(kind, exc.message, "exhausted")),
+                _idle({"type": "retries_exhausted"}),
+            ], owner=owner)  # fmt: skip
+
+    async def _limit_reached(self, session_id: str, owner: str, what: str) -> None:
+        message = f"This turn reached the limit of {what} per turn."
+        error = error_object("tool_use_limit_reached_error", message, "exhausted")
+        await self._append(session_id, owner, [
+            SessionError(id=new_id("event"), processed_at=_now(), error=error), _idle({"type": "retries_exhausted"}),
+        ])  # fmt: skip
+
+    async def _compact(self, p: _Pass, owner: str, watcher: _InterruptWatcher) -> None:
+        try:
+            summary = await watcher.guard(self.compactor.summarize(p.session, p.convo, self.tools.definitions))
+        except Interrupted:
+            return
+        except ModelError as exc:
+            start = new_id("event")
+            await self._append(p.session.id, owner, [SpanModelRequestStart(id=start, processed_at=_now())])
+            await self._model_failed(p, owner, start, exc, watcher)
+            return
+        event = self.compactor.event()
+        async with self.store.events.transaction() as tx:
+            await tx.record(p.session.id, event.id, "compaction", {"summary": summary})
+            await tx.append(p.session.id, [event], owner=owner)
+
+    # ---- plumbing -----------------------------------------------------------------------------
+
+    async def _append(
+        self, session_id: str, owner: str, events: list[Event], needs_work: bool | None = None, head: int | None = None
+    ) -> None:
+        async with self.store.events.transaction() as tx:
+            await tx.append(session_id, events, needs_work=needs_work, owner=owner, decided_at=head)
+
+
+def _idle(stop_reason: dict[str, Any]) -> SessionStatusIdle:
+    return SessionStatusIdle(id=new_id("event"), processed_at=_now(), stop_reason=stop_reason)
+
+
+def _span_end(start_id: str, usage: Any, *, error: bool) -> SpanModelRequestEnd:
+    model_usage = SpanModelUsage(
+        input_tokens=getattr(usage, "input_tokens", 0),
+        output_tokens=getattr(usage, "output_tokens", 0),
+        cache_creation_input_tokens=getattr(usage, "cache_creation_input_tokens", 0),
+        cache_read_input_tokens=getattr(usage, "cache_read_input_tokens", 0),
+    )
+    return SpanModelRequestEnd(
+        id=new_id("event"),
+        processed_at=_now(),
+        model_request_start_id=start_id,
+        model_usage=model_usage,
+        is_error=error,
+    )
+
+
+def _tool_result(tool: ToolUse, text: str, *, error: bool) -> AgentToolResult:
+    return AgentToolResult(
+        id=new_id("event"), processed_at=_now(), tool_use_id=tool.event_id,
+        content=[{"type": "text", "text": text}], is_error=error,
+    )  # fmt: skip
+
+
+class _InterruptWatcher:
+    """Watches the session's log for `user.interrupt` while an operation runs, and cancels it."""
+
+    def __init__(self, store: Store, session_id: str, channel: Any, head: int) -> None:
+        self.store = store
+        self.session_id = session_id
+        self.channel = channel
+        self.checked = head
+
+    def seen(self, head: int) -> None:
+        self.checked = max(self.checked, head)
+
+    async def _interrupt_arrives(self) -> None:
+        from ..store.hub import EventHub
+
+        while True:
+            await EventHub.wait(self.channel, self.checked, 3600)
+            if self.channel.closed:
+                return
+            batch = EventHub.since(self.channel, self.checked)
+            if batch is None:
+                batch = await self.store.events.read(self.session_id, after=self.checked)
+            if batch:
+                self.checked = batch[-1].seq
+                if any(e.type == "user.interrupt" for e in batch):
+                    return
+
+    async def guard(self, operation: Awaitable[T], on_interrupt: Callable[[], Awaitable[None]] | None = None) -> T:
+        """Run `operation`; raise `Interrupted` (after stopping it) if an interrupt arrives first."""
+        op = asyncio.ensure_future(operation)
+        stop = asyncio.ensure_future(self._interrupt_arrives())
+        try:
+            done, _ = await asyncio.wait({op, stop}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            op.cancel()
+            stop.cancel()
+            raise
+        if op in done:
+            stop.cancel()
+            return op.result()
+        if on_interrupt is not None:
+            await on_interrupt()
+        op.cancel()
+        try:
+            await op
+        except BaseException:  # noqa: S110 — the operation's own end is no longer interesting
+            pass
+        raise Interrupted()
+
+    def close(self) -> None:
+        return None
