@@ -26,7 +26,6 @@ import json
 import math
 import re
 import secrets
-import socket
 import threading
 import time
 from collections import deque
@@ -35,6 +34,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
+
+from corral.listen import listen_socket
 
 __all__ = ["Failure", "FakeModel", "RecordedRequest", "Reply", "ToolCall", "last_user_text", "tool_results"]
 
@@ -509,9 +510,7 @@ class FakeModel:
         return f"{self.url}/v1"
 
     def start(self) -> FakeModel:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
+        sock = listen_socket("127.0.0.1", 0)
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(
             self._asgi,

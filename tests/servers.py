@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import threading
 import time
 import uuid
@@ -16,6 +15,7 @@ import uvicorn
 
 from corral.api.app import create_app
 from corral.config import Settings
+from corral.listen import listen_socket
 
 PG_ADMIN_URL = os.environ.get("CORRAL_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -55,9 +55,7 @@ class ServerThread:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.app = create_app(settings)
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock = listen_socket("127.0.0.1", 0)
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(self.app, log_level="warning", lifespan="on", timeout_graceful_shutdown=1)
@@ -68,7 +66,7 @@ class ServerThread:
         asyncio.run(self.server.serve(sockets=[self.sock]))
 
     @property
-    def runtime(self):  # noqa: ANN201
+    def runtime(self):
         return self.app.state.runtime
 
     def start(self) -> ServerThread:

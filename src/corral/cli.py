@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import yaml
 
 from . import __version__
 from .config import Settings
+from .listen import listen_socket
 
 app = typer.Typer(
     help="corral: a self-hosted runtime for long-running AI agents, speaking the Managed Agents API.",
@@ -63,7 +63,10 @@ def serve(
     port: int = typer.Option(8000, "--port", "-p", help="Port to listen on; 0 picks a free one."),
     database: str | None = DatabaseOption,
     workers: int | None = typer.Option(
-        None, "--workers", "-w", help="Harness workers to run in this process (default 1; 0 = API only)."
+        None,
+        "--workers",
+        "-w",
+        help="Sessions this process advances at once (default 32, or CORRAL_WORKERS; 0 = API only).",
     ),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
 ) -> None:
@@ -73,17 +76,13 @@ def serve(
     from .api.app import create_app
 
     settings = _settings(database, workers=workers)
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    sock = listen_socket(host, port)
     bound_port = sock.getsockname()[1]
     shown_host = f"[{host}]" if ":" in host else host
     typer.echo(f"corral {__version__} serving on http://{shown_host}:{bound_port}", err=False)
     typer.echo(f"database: {_redact(settings.database_url)}")
     if settings.workers:
-        from .runtime import Runtime
-
-        typer.echo(f"workers: {settings.workers}; " + Runtime(settings).model_client().describe())  # type: ignore[attr-defined]
+        typer.echo(f"workers: {settings.workers}; {_model_status(settings)}")
     else:
         typer.echo("workers: none (API only; run `corral worker` against the same database)")
     sys.stdout.flush()
@@ -104,7 +103,9 @@ def _redact(url: str) -> str:
 @app.command()
 def worker(
     database: str | None = DatabaseOption,
-    workers: int = typer.Option(32, "--workers", "-w", help="Sessions this process advances at once."),
+    workers: int | None = typer.Option(
+        None, "--workers", "-w", help="Sessions this process advances at once (default 32, or CORRAL_WORKERS)."
+    ),
 ) -> None:
     """Run harness workers only (no API), sharing the database with servers and other workers."""
     from .runtime import Runtime
@@ -118,7 +119,7 @@ def worker(
         typer.echo(
             f"corral worker {runtime.workers.owner} running {workers} workers on {_redact(settings.database_url)}"
         )
-        _describe_model(runtime)
+        typer.echo(_model_status(settings))
         try:
             await asyncio.Event().wait()
         finally:
@@ -128,10 +129,17 @@ def worker(
         asyncio.run(run())
 
 
-def _describe_model(runtime: Any) -> None:
-    describe = getattr(runtime.model, "describe", None)
-    if describe is not None:
-        typer.echo(describe())
+def _model_status(settings: Settings) -> str:
+    """One line on which model backends are configured, and how to configure one if none is."""
+    from .models.router import ModelRouter
+
+    router = ModelRouter(
+        anthropic_api_key=settings.anthropic_api_key,
+        anthropic_base_url=settings.anthropic_base_url,
+        openai_base_url=settings.openai_base_url,
+        openai_api_key=settings.openai_api_key,
+    )
+    return router.describe()
 
 
 @app.command()

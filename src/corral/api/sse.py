@@ -12,8 +12,11 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
+from ..ids import new_id
+from ..schemas.events import SessionDeleted
 from ..store.hub import EventHub, LoggedEvent
 from ..store.store import Store
 
@@ -29,6 +32,13 @@ def frame(event_type: str, data: str) -> bytes:
 
 def _preview_frame(payload: dict[str, Any]) -> bytes:
     return frame(str(payload["type"]), json.dumps(payload, separators=(",", ":")))
+
+
+def _deleted_event() -> str:
+    """`session.deleted` is announced to open streams only: the log it would go into is gone."""
+    now = datetime.now(UTC)
+    event = SessionDeleted(id=new_id("event"), processed_at=now)
+    return event.model_dump_json()
 
 
 class SessionStream:
@@ -88,6 +98,9 @@ class SessionStream:
                 batch = EventHub.since(channel, self.last)
                 if batch is None:
                     batch = await self.store.events.read(self.session_id, after=self.last, limit=READ_BATCH)
+                    if not batch:
+                        # A head announced before its rows are readable here: back off, never spin.
+                        await asyncio.sleep(0.005)
                 if batch or self._previews_waiting():
                     chunk = self._merge(batch)
                     if batch:
@@ -96,7 +109,7 @@ class SessionStream:
                         yield chunk
                         continue
                 if channel.closed:
-                    yield frame("session.deleted", json.dumps({"type": "session.deleted", "id": self.session_id}))
+                    yield frame("session.deleted", _deleted_event())
                     return
                 ready = (lambda: self._queue is not None and not self._queue.empty()) if self._queue else None
                 if not await EventHub.wait(channel, self.last, self.ping_seconds, ready):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -131,10 +132,13 @@ class EventHub:
         """Events after `after` from the window, or None when the window does not reach back that far."""
         if channel.head <= after:
             return []
-        if not channel.recent or channel.recent[0].seq > after + 1:
+        recent = channel.recent
+        # The window must cover (after, head]: it may start late (evicted) or end early (the head
+        # moved in another process, contents unknown here). Either way the reader goes to the log.
+        if not recent or recent[0].seq > after + 1 or recent[-1].seq < channel.head:
             return None
-        start = after + 1 - channel.recent[0].seq
-        return list(channel.recent)[start:]
+        start = after + 1 - recent[0].seq
+        return list(itertools.islice(recent, start, None))
 
     @staticmethod
     async def wait(channel: _Channel, after: int, timeout: float, ready: Callable[[], bool] | None = None) -> bool:
@@ -142,7 +146,8 @@ class EventHub:
         while channel.head <= after and not channel.closed and not (ready and ready()):
             channel.changed.clear()
             try:
-                await asyncio.wait_for(channel.changed.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await channel.changed.wait()
             except TimeoutError:
                 return False
         return True

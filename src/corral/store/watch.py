@@ -2,7 +2,8 @@
 
 PostgreSQL: a dedicated connection `LISTEN`s on `corral_events` / `corral_wake`. SQLite (and as a
 safety net on PostgreSQL): every `poll_interval`, compare the heads of followed sessions with the
-database, and look for sessions whose input no worker has claimed.
+database; a followed session that has disappeared was deleted elsewhere, so its streams end.
+(Workers find unclaimed work themselves: see `harness/worker.py`.)
 """
 
 from __future__ import annotations
@@ -54,8 +55,12 @@ class Watcher:
         self.store.hub.wake(session_id)
 
     async def _refresh(self, session_ids: list[str]) -> None:
-        for session_id, head in (await self.store.events.heads(session_ids)).items():
-            self.store.hub.advanced(session_id, head)
+        heads = await self.store.events.heads(session_ids)
+        for session_id in session_ids:
+            if session_id in heads:
+                self.store.hub.advanced(session_id, heads[session_id])
+            else:
+                self.store.hub.closed(session_id)
 
     async def _poll(self) -> None:
         while True:
