@@ -10,6 +10,7 @@ import pytest
 
 from corral.config import Settings
 
+from .fake_model import FakeModel
 from .servers import ServerThread, database_url
 
 API_KEY = "test-key-7f3a"
@@ -35,22 +36,68 @@ def server(db_kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
 
 
 @pytest.fixture(scope="session")
+def fake() -> Iterator[FakeModel]:
+    with FakeModel() as model:
+        yield model
+
+
+@pytest.fixture(scope="session")
+def agent_server(db_kind: str, fake: FakeModel, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
+    """A server whose workers run sessions against the scripted fake model."""
+    tmp: Path = tmp_path_factory.mktemp(f"agents-{db_kind}")
+    for url in database_url(db_kind, tmp):
+        settings = Settings(
+            database_url=url,
+            api_key=API_KEY,
+            data_dir=tmp / "data",
+            workers=8,
+            poll_interval=0.1,
+            lease_seconds=5,
+            sse_ping_seconds=1.0,
+            anthropic_base_url=fake.url,
+            anthropic_api_key="fake-key",
+            openai_base_url=fake.openai_url,
+            model_retry_base_seconds=0.05,
+            model_max_retries=2,
+            compact_at_tokens=5_000,
+            model_prices={"claude-budget": [1_000_000.0, 1_000_000.0, 0.0, 0.0]},
+        )
+        srv = ServerThread(settings).start()
+        try:
+            yield srv
+        finally:
+            srv.stop()
+
+
+@pytest.fixture(scope="session")
+def agents(agent_server: ServerThread) -> anthropic.Anthropic:
+    """The SDK pointed at the server that runs agents."""
+    return anthropic.Anthropic(base_url=agent_server.url, api_key=API_KEY, max_retries=0)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_fake_script(request: pytest.FixtureRequest) -> None:
+    if "fake" in request.fixturenames:
+        request.getfixturevalue("fake").reset()
+
+
+@pytest.fixture(scope="session")
 def client(server: ServerThread) -> anthropic.Anthropic:
     return anthropic.Anthropic(base_url=server.url, api_key=API_KEY, max_retries=0)
 
 
 @pytest.fixture
-def agent(client: anthropic.Anthropic):  # noqa: ANN201
+def agent(client: anthropic.Anthropic):
     return client.beta.agents.create(name="Tester", model="claude-sonnet-4-6", system="You test things.")
 
 
 @pytest.fixture
-def environment(client: anthropic.Anthropic):  # noqa: ANN201
+def environment(client: anthropic.Anthropic):
     import uuid
 
     return client.beta.environments.create(name=f"env-{uuid.uuid4().hex[:8]}")
 
 
 @pytest.fixture
-def session(client: anthropic.Anthropic, agent, environment):  # noqa: ANN001, ANN201
+def session(client: anthropic.Anthropic, agent, environment):
     return client.beta.sessions.create(agent=agent.id, environment_id=environment.id, title="a test session")

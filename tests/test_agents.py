@@ -15,7 +15,10 @@ def test_create_returns_resolved_agent(client: anthropic.Anthropic) -> None:
         model="claude-sonnet-4-6",
         system="Write clean code.",
         tools=[
-            {"type": "agent_toolset_20260401", "configs": [{"name": "bash", "permission_policy": {"type": "always_ask"}}]},
+            {
+                "type": "agent_toolset_20260401",
+                "configs": [{"name": "bash", "permission_policy": {"type": "always_ask"}}],
+            },
             {
                 "type": "custom",
                 "name": "get_weather",
@@ -40,7 +43,9 @@ def test_create_returns_resolved_agent(client: anthropic.Anthropic) -> None:
 
 
 def test_update_makes_versions_and_old_versions_stay(client: anthropic.Anthropic) -> None:
-    agent = client.beta.agents.create(name="v", model="claude-sonnet-4-6", system="first", metadata={"a": "1", "b": "2"})
+    agent = client.beta.agents.create(
+        name="v", model="claude-sonnet-4-6", system="first", metadata={"a": "1", "b": "2"}
+    )
     v2 = client.beta.agents.update(agent.id, system="second", metadata={"a": None, "c": "3"}, version=1)
     assert v2.version == 2 and v2.system == "second" and v2.metadata == {"b": "2", "c": "3"}
     assert v2.name == "v"  # omitted fields are kept
@@ -69,7 +74,7 @@ def test_stale_version_conflicts_and_changes_nothing(client: anthropic.Anthropic
     assert client.beta.agents.retrieve(agent.id).system == "x"
 
 
-def test_archive_hides_from_list_and_blocks_sessions(client: anthropic.Anthropic, environment) -> None:  # noqa: ANN001
+def test_archive_hides_from_list_and_blocks_sessions(client: anthropic.Anthropic, environment) -> None:
     agent = client.beta.agents.create(name="old", model="claude-sonnet-4-6")
     archived = client.beta.agents.archive(agent.id)
     assert archived.archived_at is not None
@@ -83,7 +88,10 @@ def test_archive_hides_from_list_and_blocks_sessions(client: anthropic.Anthropic
 
 
 def test_list_pages_cover_everything_once(client: anthropic.Anthropic) -> None:
-    made = {client.beta.agents.create(name=f"page-{i}", model="claude-sonnet-4-6", metadata={"batch": "p"}).id for i in range(7)}
+    made = {
+        client.beta.agents.create(name=f"page-{i}", model="claude-sonnet-4-6", metadata={"batch": "p"}).id
+        for i in range(7)
+    }
     first = client.beta.agents.list(limit=3)
     assert len(first.data) == 3 and first.next_page
     seen = [a.id for a in client.beta.agents.list(limit=3)]  # auto-paginates through all pages
@@ -97,28 +105,58 @@ def test_list_pages_cover_everything_once(client: anthropic.Anthropic) -> None:
     [
         ({"name": "", "model": "claude-sonnet-4-6"}, "name"),
         ({"name": "x"}, "model"),
-        ({"name": "x", "model": "m", "tools": [{"type": "mcp_toolset", "mcp_server_name": "nope"}]}, "unknown MCP server"),
+        (
+            {"name": "x", "model": "m", "tools": [{"type": "mcp_toolset", "mcp_server_name": "nope"}]},
+            "unknown MCP server",
+        ),
         (
             {"name": "x", "model": "m", "mcp_servers": [{"type": "url", "name": "gh", "url": "https://x/mcp"}]},
             "must be referenced",
         ),
         ({"name": "x", "model": "m", "metadata": {f"k{i}": "v" for i in range(17)}}, "16"),
-        ({"name": "x", "model": "m", "tools": [{"type": "custom", "name": "bad name!", "description": "d", "input_schema": {"type": "object"}}]}, "custom tool"),
+        (
+            {
+                "name": "x",
+                "model": "m",
+                "tools": [
+                    {"type": "custom", "name": "bad name!", "description": "d", "input_schema": {"type": "object"}}
+                ],
+            },
+            "custom tool",
+        ),
         ({"name": "x", "model": "m", "surprise": 1}, "unknown field"),
-        ({"name": "x", "model": "m", "tools": [{"type": "agent_toolset_20260401", "configs": [{"name": "bash", "allowed_domains": ["a.com"]}]}]}, "allowed_domains"),
+        (
+            {
+                "name": "x",
+                "model": "m",
+                "tools": [
+                    {"type": "agent_toolset_20260401", "configs": [{"name": "bash", "allowed_domains": ["a.com"]}]}
+                ],
+            },
+            "allowed_domains",
+        ),
     ],
 )
 def test_invalid_agents_are_rejected(client: anthropic.Anthropic, body: dict, fragment: str) -> None:
     before = len(list(client.beta.agents.list(limit=100, include_archived=True)))
     with pytest.raises(anthropic.BadRequestError) as info:
-        client.post("/v1/agents", body=body, cast_to=object, options={"headers": {"anthropic-beta": "managed-agents-2026-04-01"}})
-    error = info.value.body["error"] if isinstance(info.value.body, dict) and "error" in info.value.body else info.value.body
+        client.post(
+            "/v1/agents",
+            body=body,
+            cast_to=object,
+            options={"headers": {"anthropic-beta": "managed-agents-2026-04-01"}},
+        )
+    error = (
+        info.value.body["error"]
+        if isinstance(info.value.body, dict) and "error" in info.value.body
+        else info.value.body
+    )
     assert error["type"] == "invalid_request_error"
     assert fragment in error["message"]
     assert len(list(client.beta.agents.list(limit=100, include_archived=True))) == before
 
 
-def test_unknown_agent_and_version(client: anthropic.Anthropic, agent) -> None:  # noqa: ANN001
+def test_unknown_agent_and_version(client: anthropic.Anthropic, agent) -> None:
     with pytest.raises(anthropic.NotFoundError):
         client.beta.agents.retrieve("agent_doesnotexist")
     with pytest.raises(anthropic.NotFoundError):

@@ -58,7 +58,7 @@ def test_packages_under_limited_networking_need_permission(client: anthropic.Ant
     assert "allow_package_managers" in info.value.body["error"]["message"]
 
 
-def test_archive_then_update_fails_and_delete_removes(client: anthropic.Anthropic, agent) -> None:  # noqa: ANN001
+def test_archive_then_update_fails_and_delete_removes(client: anthropic.Anthropic, agent) -> None:
     env = client.beta.environments.create(name=_name())
     archived = client.beta.environments.archive(env.id)
     assert archived.archived_at is not None

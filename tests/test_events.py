@@ -28,7 +28,7 @@ def _exact_event(raw: dict) -> None:
     assert not problems, problems
 
 
-def test_send_returns_persisted_queued_copies(client: anthropic.Anthropic, session) -> None:  # noqa: ANN001
+def test_send_returns_persisted_queued_copies(client: anthropic.Anthropic, session) -> None:
     sent = client.beta.sessions.events.send(
         session.id, events=[_message("one"), {"type": "user.interrupt"}, _message("two")]
     )
@@ -41,7 +41,7 @@ def test_send_returns_persisted_queued_copies(client: anthropic.Anthropic, sessi
         _exact_event(event)
 
 
-def test_list_filters_order_and_pages(client: anthropic.Anthropic, session) -> None:  # noqa: ANN001
+def test_list_filters_order_and_pages(client: anthropic.Anthropic, session) -> None:
     ids = [e.id for e in client.beta.sessions.events.send(session.id, events=[_message(str(i)) for i in range(7)]).data]
     client.beta.sessions.update(session.id, title="t")
     assert [e.id for e in client.beta.sessions.events.list(session.id, limit=3)][:7] == ids
@@ -62,22 +62,32 @@ def test_list_filters_order_and_pages(client: anthropic.Anthropic, session) -> N
     "events, fragment",
     [
         ([_message("ok"), {"type": "user.custom_tool_result", "custom_tool_use_id": "sevt_nope"}], "does not name"),
-        ([_message("ok"), {"type": "user.tool_confirmation", "tool_use_id": "sevt_nope", "result": "allow"}], "does not name"),
+        (
+            [_message("ok"), {"type": "user.tool_confirmation", "tool_use_id": "sevt_nope", "result": "allow"}],
+            "does not name",
+        ),
         ([{"type": "system.message", "content": [{"type": "text", "text": "x"}]}, _message("ok")], "system.message"),
-        ([_message("ok"), {"type": "user.interrupt"}, {"type": "system.message", "content": [{"type": "text", "text": "x"}]}], "follow"),
+        (
+            [
+                _message("ok"),
+                {"type": "user.interrupt"},
+                {"type": "system.message", "content": [{"type": "text", "text": "x"}]},
+            ],
+            "follow",
+        ),
         ([_message("ok"), {"type": "user.message", "content": []}], "content"),
         ([_message("ok"), {"type": "agent.message", "content": [{"type": "text", "text": "x"}]}], "type"),
         ([], "events"),
     ],
 )
-def test_bad_events_are_rejected_whole(client: anthropic.Anthropic, session, events: list, fragment: str) -> None:  # noqa: ANN001
+def test_bad_events_are_rejected_whole(client: anthropic.Anthropic, session, events: list, fragment: str) -> None:
     with pytest.raises(anthropic.BadRequestError) as info:
         client.beta.sessions.events.send(session.id, events=events)
     assert fragment in info.value.body["error"]["message"]
     assert list(client.beta.sessions.events.list(session.id)) == []
 
 
-def _collect(stream, want: int, out: list, ready: threading.Event) -> None:  # noqa: ANN001
+def _collect(stream, want: int, out: list, ready: threading.Event) -> None:
     ready.set()
     for event in stream:
         out.append(event)
@@ -86,7 +96,7 @@ def _collect(stream, want: int, out: list, ready: threading.Event) -> None:  # n
     stream.close()
 
 
-def test_stream_delivers_every_event_in_order_to_every_subscriber(client: anthropic.Anthropic, session) -> None:  # noqa: ANN001
+def test_stream_delivers_every_event_in_order_to_every_subscriber(client: anthropic.Anthropic, session) -> None:
     senders, per_sender, subscribers = 4, 15, 3
     total = senders * per_sender
     received: list[list] = [[] for _ in range(subscribers)]
@@ -119,7 +129,7 @@ def test_stream_delivers_every_event_in_order_to_every_subscriber(client: anthro
         assert texts == [f"{n}-{j}" for j in range(per_sender)]
 
 
-def test_reconnect_and_list_loses_nothing(client: anthropic.Anthropic, session) -> None:  # noqa: ANN001
+def test_reconnect_and_list_loses_nothing(client: anthropic.Anthropic, session) -> None:
     first: list = []
     stream = client.beta.sessions.events.stream(session.id)
     ready = threading.Event()
@@ -148,18 +158,21 @@ def test_reconnect_and_list_loses_nothing(client: anthropic.Anthropic, session) 
     assert [e.content[0].text for e in later] == ["c0", "c1"]
 
 
-def test_stream_wire_format_pings_and_deletion(client: anthropic.Anthropic, agent, environment) -> None:  # noqa: ANN001
+def test_stream_wire_format_pings_and_deletion(client: anthropic.Anthropic, agent, environment) -> None:
     session = client.beta.sessions.create(agent=agent.id, environment_id=environment.id)
     url = f"{str(client.base_url).rstrip('/')}/v1/sessions/{session.id}/events/stream?beta=true"
     lines: list[str] = []
-    with httpx.Client(timeout=10) as http, http.stream("GET", url, headers={**HEADERS, "accept": "application/json"}) as r:
+    with (
+        httpx.Client(timeout=10) as http,
+        http.stream("GET", url, headers={**HEADERS, "accept": "application/json"}) as r,
+    ):
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         threading.Timer(0.3, lambda: client.beta.sessions.events.send(session.id, events=[_message("hello")])).start()
         threading.Timer(1.6, lambda: client.beta.sessions.delete(session.id)).start()
         started = time.monotonic()
         for line in r.iter_lines():
             lines.append(line)
-            if line.startswith("data:") and "session.deleted" in line or time.monotonic() - started > 8:
+            if (line.startswith("data:") and "session.deleted" in line) or time.monotonic() - started > 8:
                 break
     assert "event: user.message" in lines
     assert 'data: {"type":"ping"}' in lines  # keep-alive (1 s in tests) while idle
@@ -167,7 +180,7 @@ def test_stream_wire_format_pings_and_deletion(client: anthropic.Anthropic, agen
     assert any(x == "event: session.deleted" for x in lines)
 
 
-def test_stream_rejects_bad_requests(client: anthropic.Anthropic, session) -> None:  # noqa: ANN001
+def test_stream_rejects_bad_requests(client: anthropic.Anthropic, session) -> None:
     with pytest.raises(anthropic.NotFoundError):
         client.beta.sessions.events.stream("sesn_missing")
     with pytest.raises(anthropic.BadRequestError):

@@ -10,7 +10,6 @@ __all__ = [
     "Conflict",
     "InvalidRequest",
     "NotFound",
-    "PreconditionFailed",
 ]
 
 
@@ -50,8 +49,3 @@ class Conflict(ApiError):
 
     status_code = 409
     error_type = "conflict_error"
-
-
-class PreconditionFailed(ApiError):
-    status_code = 412
-    error_type = "invalid_request_error"

@@ -27,7 +27,7 @@ log = logging.getLogger("corral")
 class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.store = Store(settings.async_database_url)
+        self.store = Store(settings.async_database_url, prices=settings.model_prices)
         self.watcher = Watcher(self.store, settings.poll_interval)
         self._tasks: list[asyncio.Task[None]] = []
         self._closers: list[Callable[[], Awaitable[None]]] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import time
 
 from fastapi import Request
@@ -54,7 +55,7 @@ async def authenticate(request: Request) -> None:
     key = _presented_key(request)
     if key is None:
         raise AuthenticationFailed("missing API key: send it as `x-api-key` or `Authorization: Bearer`")
-    if runtime.settings.api_key and key == runtime.settings.api_key:
+    if runtime.settings.api_key and hmac.compare_digest(key.encode(), runtime.settings.api_key.encode()):
         return
     if not await runtime.store.keys.verify(key):
         raise AuthenticationFailed("invalid API key")

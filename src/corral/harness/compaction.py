@@ -4,7 +4,8 @@ Strategy: when the input tokens of the latest model call exceed `compact_at_toke
 asks the same model for a summary of the conversation so far (a plain call with no tools), records
 it, and emits `agent.thread_context_compacted`. From then on the context is the summary as a user
 turn, followed by the last assistant message and what came after it, so pending tool results still
-match their tool calls. After `max_compactions` in one session it stops with
+match their tool calls. The summary call has its own span and counts toward usage. After
+`max_compactions` in one session, a turn that needs another one stops with
 `compaction_limit_reached_error`.
 """
 
@@ -15,7 +16,7 @@ from typing import Any
 
 from ..config import Settings
 from ..ids import new_id
-from ..models.base import ModelClient, ModelRequest, ModelResponse
+from ..models.base import ModelClient, ModelRequest, ModelResponse, Usage
 from ..schemas.events import AgentThreadContextCompacted
 from ..schemas.sessions import Session
 from .context import Conversation
@@ -38,9 +39,9 @@ class Compactor:
     def due(self, convo: Conversation) -> bool:
         usage = convo.last_usage or {}
         used = usage.get("input_tokens", 0) + usage.get("cache_read_input_tokens", 0) + usage.get("output_tokens", 0)
-        return used >= self.settings.compact_at_tokens and convo.compactions < self.settings.max_compactions
+        return used >= self.settings.compact_at_tokens
 
-    async def summarize(self, session: Session, convo: Conversation, _tools: dict[str, Any]) -> str:
+    async def summarize(self, session: Session, convo: Conversation) -> tuple[str, Usage | None]:
         messages = _strip_tool_blocks(convo.context())
         if messages and messages[-1]["role"] == "user":
             messages[-1] = {
@@ -56,7 +57,7 @@ class Compactor:
             if isinstance(item, ModelResponse):
                 response = item
         text = "".join(b.get("text", "") for b in (response.content if response else []) if b["type"] == "text")
-        return PREFIX + (text.strip() or "(the model returned no summary)")
+        return PREFIX + (text.strip() or "(the model returned no summary)"), response.usage if response else None
 
     @staticmethod
     def event() -> AgentThreadContextCompacted:

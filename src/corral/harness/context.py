@@ -142,6 +142,7 @@ class _Folder:
             c.user_blocks.append({"type": "text", "text": f"<system>\n{text}\n</system>"})
         elif kind == "user.interrupt":
             self.resolve_all(INTERRUPTED)
+            c.turn_closed = True
         elif kind == "user.tool_confirmation":
             tool = c.tool_uses.get(ev["tool_use_id"])
             if tool is not None:
@@ -203,6 +204,7 @@ class _Folder:
         if record is None:
             return
         c.compactions += 1
+        c.last_usage = None  # the next call measures the compacted context afresh
         last_assistant = max((i for i, m in enumerate(c.messages) if m["role"] == "assistant"), default=None)
         kept = c.messages[last_assistant:] if last_assistant is not None else []
         summary = {"role": "user", "content": [{"type": "text", "text": record["summary"]}]}
@@ -234,6 +236,8 @@ def fold(events: list[tuple[int, dict[str, Any]]], records: dict[str, dict[str, 
                 folder.c.pending.append((seq, ev))
                 continue
             record = records.get(input_key(ev["id"]))
+            if record is not None and record.get("flushed"):
+                continue  # dropped with a dead turn: never shown to the model
             if record is not None and record["after_seq"] > seq:
                 taken_in.setdefault(record["after_seq"], []).append(ev)
                 continue

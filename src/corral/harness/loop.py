@@ -10,6 +10,7 @@ that began but has no result is answered with an error saying so, never run a se
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from typing import Any, TypeVar
 from ..config import Settings
 from ..ids import new_id
 from ..models.base import BlockStart, ModelClient, ModelError, ModelRequest, ModelResponse, TextDelta
+from ..pricing import price_for
 from ..schemas.events import (
     AgentCustomToolUse,
     AgentMessage,
@@ -42,7 +44,6 @@ from . import crashpoints
 from .compaction import Compactor
 from .context import Conversation, ToolUse, fold, input_key, run_key
 from .policies import decide, model_tools
-from .pricing import list_cost_cents, price_for
 from .tools import ToolRunner
 
 __all__ = ["Harness", "Interrupted"]
@@ -58,6 +59,14 @@ _ERROR_KINDS = {
     "invalid_request": "model_request_failed_error",
 }
 WORKER_STOPPED = "This tool call was interrupted: the worker running it stopped before it finished. It was not re-run."
+
+
+@dataclass(frozen=True)
+class _ResponseIds:
+    """Ids of the buffered events a model response will produce, known before it streams (for previews)."""
+
+    thinking: str
+    message: str
 
 
 class Interrupted(Exception):
@@ -157,8 +166,10 @@ class Harness:
             events: list[Event] = []
             if starts_work and p.convo.status != "running":
                 events.append(SessionStatusRunning(id=new_id("event"), processed_at=_now()))
-            elif interrupted and not starts_work and p.convo.status != "idle":
-                events.append(_idle({"type": "end_turn"}))
+            elif interrupted and not starts_work:
+                last_stop = (p.convo.last_idle or {}).get("stop_reason", {}).get("type")
+                if p.convo.status != "idle" or last_stop == "requires_action":
+                    events.append(_idle({"type": "end_turn"}))
             await tx.append(p.session.id, events, owner=owner)
 
     # ---- tools --------------------------------------------------------------------------------
@@ -192,9 +203,16 @@ class Harness:
         await self._append(
             session_id,
             owner,
-            [AgentToolResult(id=new_id("event"), processed_at=_now(), tool_use_id=tool.event_id,
-                             content=result.content, is_error=result.is_error)],
-        )  # fmt: skip
+            [
+                AgentToolResult(
+                    id=new_id("event"),
+                    processed_at=_now(),
+                    tool_use_id=tool.event_id,
+                    content=result.content,
+                    is_error=result.is_error,
+                )
+            ],
+        )
         await crashpoints.reach("after_tool_result")
 
     # ---- model --------------------------------------------------------------------------------
@@ -205,14 +223,26 @@ class Harness:
             await self._limit_reached(session.id, owner, "model calls")
             return False
         if session.budget is not None:
-            price = price_for(session.agent.model.id, self.settings.model_prices)
-            spent = list_cost_cents(session.usage.model_dump(), price) if price else None
-            if spent is None or spent >= int(session.budget.max_list_cost.amount):
+            priced = price_for(session.agent.model.id, self.settings.model_prices) is not None
+            if not priced or int(session.usage.list_cost.amount) >= int(session.budget.max_list_cost.amount):
                 await self._append(
                     session.id, owner, [_idle({"type": "budget_reached"})], needs_work=False, head=p.head
                 )
                 return False
         if self.compactor.due(convo):
+            if convo.compactions >= self.settings.max_compactions:
+                error = error_object(
+                    "compaction_limit_reached_error", "The context cannot be compacted again.", "exhausted"
+                )
+                await self._append(
+                    session.id,
+                    owner,
+                    [
+                        SessionError(id=new_id("event"), processed_at=_now(), error=error),
+                        _idle({"type": "retries_exhausted"}),
+                    ],
+                )
+                return True
             await self._compact(p, owner, watcher)
             return True
         await self._model_call(p, owner, watcher)
@@ -230,15 +260,11 @@ class Harness:
 
     async def _model_call(self, p: _Pass, owner: str, watcher: _InterruptWatcher) -> None:
         session_id = p.session.id
-        start = SpanModelRequestStart(id=new_id("event"), processed_at=_now())
-        first: list[Event] = []
-        if p.convo.status != "running":
-            first.append(SessionStatusRunning(id=new_id("event"), processed_at=_now()))
-        await self._append(session_id, owner, [*first, start])
+        start = await self._start_span(p, owner)
         await crashpoints.reach("after_model_start")
-        message_id = new_id("event")
+        ids = _ResponseIds(thinking=new_id("event"), message=new_id("event"))
         try:
-            response = await watcher.guard(self._stream(session_id, self._request(p.session, p.convo), message_id))
+            response = await watcher.guard(self._stream(session_id, self._request(p.session, p.convo), ids))
         except Interrupted:
             await self._append(session_id, owner, [_span_end(start.id, None, error=True)])
             return
@@ -246,40 +272,70 @@ class Harness:
             await self._model_failed(p, owner, start.id, exc, watcher)
             return
         await crashpoints.reach("before_model_end")
-        await self._model_done(p, owner, start.id, message_id, response)
+        await self._model_done(p, owner, start.id, ids, response)
 
-    async def _stream(self, session_id: str, request: ModelRequest, message_id: str) -> ModelResponse:
+    async def _start_span(self, p: _Pass, owner: str) -> SpanModelRequestStart:
+        first: list[Event] = []
+        if p.convo.status != "running":
+            first.append(SessionStatusRunning(id=new_id("event"), processed_at=_now()))
+        start = SpanModelRequestStart(id=new_id("event"), processed_at=_now())
+        await self._append(p.session.id, owner, [*first, start])
+        return start
+
+    async def _stream(self, session_id: str, request: ModelRequest, ids: _ResponseIds) -> ModelResponse:
+        """Stream the model, previewing text as `event_delta`s of the `agent.message` to come.
+
+        Preview indices count non-empty text blocks, as the buffered message's `content` will."""
         hub = self.store.hub
         started_text = started_thinking = False
+        text_index: dict[int, int] = {}
         async for item in self.model.stream(request):
             if isinstance(item, BlockStart):
                 if item.kind == "text" and not started_text:
                     started_text = True
-                    hub.preview(session_id, "agent.message",
-                                {"type": "event_start", "event": {"type": "agent.message", "id": message_id}})  # fmt: skip
+                    hub.preview(
+                        session_id,
+                        "agent.message",
+                        {"type": "event_start", "event": {"type": "agent.message", "id": ids.message}},
+                    )
                 elif item.kind in ("thinking", "redacted_thinking") and not started_thinking:
                     started_thinking = True
-                    hub.preview(session_id, "agent.thinking",
-                                {"type": "event_start", "event": {"type": "agent.thinking", "id": message_id + "t"}})  # fmt: skip
-            elif isinstance(item, TextDelta):
-                hub.preview(session_id, "agent.message", {
-                    "type": "event_delta", "event_id": message_id,
-                    "delta": {"type": "content_delta", "index": 0, "content": {"type": "text", "text": item.text}},
-                })  # fmt: skip
+                    hub.preview(
+                        session_id,
+                        "agent.thinking",
+                        {"type": "event_start", "event": {"type": "agent.thinking", "id": ids.thinking}},
+                    )
+            elif isinstance(item, TextDelta) and item.text:
+                index = text_index.setdefault(item.index, len(text_index))
+                hub.preview(
+                    session_id,
+                    "agent.message",
+                    {
+                        "type": "event_delta",
+                        "event_id": ids.message,
+                        "delta": {
+                            "type": "content_delta",
+                            "index": index,
+                            "content": {"type": "text", "text": item.text},
+                        },
+                    },
+                )
             elif isinstance(item, ModelResponse):
                 return item
         raise ModelError("request_failed", "the model stream ended without a response")
 
-    async def _model_done(self, p: _Pass, owner: str, start_id: str, message_id: str, response: ModelResponse) -> None:
+    async def _model_done(
+        self, p: _Pass, owner: str, start_id: str, ids: _ResponseIds, response: ModelResponse
+    ) -> None:
         session = p.session
         now = _now()
         events: list[Event] = []
         content = response.content
         if any(b["type"] in ("thinking", "redacted_thinking") for b in content):
-            events.append(AgentThinking(id=new_id("event"), processed_at=now))
+            events.append(AgentThinking(id=ids.thinking, processed_at=now))
         text = [{"type": "text", "text": b["text"]} for b in content if b["type"] == "text" and b.get("text")]
         if text:
-            events.append(AgentMessage(id=message_id, processed_at=now, content=text))
+            events.append(AgentMessage(id=ids.message, processed_at=now, content=text))
         tools: list[dict[str, Any]] = []
         for block in content:
             if block["type"] != "tool_use":
@@ -292,16 +348,34 @@ class Harness:
                 )
             else:
                 events.append(
-                    AgentToolUse(id=event_id, processed_at=now, name=block["name"], input=block.get("input") or {},
-                                 evaluated_permission=decision.permission, evaluation=decision.evaluation)
-                )  # fmt: skip
-            tools.append({"event_id": event_id, "toolu_id": block["id"], "name": block["name"],
-                          "input": block.get("input") or {}, "kind": decision.kind,
-                          "permission": decision.permission, "deny_reason": decision.deny_reason})  # fmt: skip
+                    AgentToolUse(
+                        id=event_id,
+                        processed_at=now,
+                        name=block["name"],
+                        input=block.get("input") or {},
+                        evaluated_permission=decision.permission,
+                        evaluation=decision.evaluation,
+                    )
+                )
+            tools.append(
+                {
+                    "event_id": event_id,
+                    "toolu_id": block["id"],
+                    "name": block["name"],
+                    "input": block.get("input") or {},
+                    "kind": decision.kind,
+                    "permission": decision.permission,
+                    "deny_reason": decision.deny_reason,
+                }
+            )
         events.append(_span_end(start_id, response.usage, error=False))
         async with self.store.events.transaction() as tx:
-            await tx.record(session.id, start_id, "model_output",
-                            {"content": content, "stop_reason": response.stop_reason, "tools": tools})  # fmt: skip
+            await tx.record(
+                session.id,
+                start_id,
+                "model_output",
+                {"content": content, "stop_reason": response.stop_reason, "tools": tools},
+            )
             await tx.append(session.id, events, owner=owner)
         await crashpoints.reach("after_model_end")
 
@@ -312,48 +386,68 @@ class Harness:
         kind = _ERROR_KINDS[exc.kind]
         attempts = p.convo.failures + 1
         if exc.retryable and attempts <= self.settings.model_max_retries:
-            await self._append(session_id, owner, [
-                _span_end(start_id, None, error=True),
-                SessionError(id=new_id("event"), processed_at=_now(), error=error_object(kind, exc.message, "retrying")),
-                SessionStatusRescheduled(id=new_id("event"), processed_at=_now()),
-            ])  # fmt: skip
+            await self._append(
+                session_id,
+                owner,
+                [
+                    _span_end(start_id, None, error=True),
+                    SessionError(
+                        id=new_id("event"), processed_at=_now(), error=error_object(kind, exc.message, "retrying")
+                    ),
+                    SessionStatusRescheduled(id=new_id("event"), processed_at=_now()),
+                ],
+            )
             delay = exc.retry_after or self.settings.model_retry_base_seconds * 2 ** (attempts - 1)
             try:
                 await watcher.guard(asyncio.sleep(min(delay, 60)))
             except Interrupted:
                 return
             return
-        # the turn is dead: queued input is flushed and the session idles
+        # the turn is dead: queued input is flushed (processed, never shown to the model) and the session idles
         async with self.store.events.transaction() as tx:
-            flushed = [s for s, e in p.convo.pending if e["type"] != "user.interrupt"]
-            await EventLog.mark_processed(tx.conn, session_id, flushed, tx.now)
-            await tx.append(session_id, [
-                _span_end(start_id, None, error=True),
-                SessionError(id=new_id("event"), processed_at=_now(), error=error_object(kind, exc.message, "exhausted")),
-                _idle({"type": "retries_exhausted"}),
-            ], owner=owner)  # fmt: skip
+            flushed = [(s, e) for s, e in p.convo.pending if e["type"] != "user.interrupt"]
+            await EventLog.mark_processed(tx.conn, session_id, [s for s, _ in flushed], tx.now)
+            for _, event in flushed:
+                await tx.record(session_id, input_key(event["id"]), "input", {"after_seq": p.head, "flushed": True})
+            await tx.append(
+                session_id,
+                [
+                    _span_end(start_id, None, error=True),
+                    SessionError(
+                        id=new_id("event"), processed_at=_now(), error=error_object(kind, exc.message, "exhausted")
+                    ),
+                    _idle({"type": "retries_exhausted"}),
+                ],
+                owner=owner,
+            )
 
     async def _limit_reached(self, session_id: str, owner: str, what: str) -> None:
         message = f"This turn reached the limit of {what} per turn."
         error = error_object("tool_use_limit_reached_error", message, "exhausted")
-        await self._append(session_id, owner, [
-            SessionError(id=new_id("event"), processed_at=_now(), error=error), _idle({"type": "retries_exhausted"}),
-        ])  # fmt: skip
+        await self._append(
+            session_id,
+            owner,
+            [
+                SessionError(id=new_id("event"), processed_at=_now(), error=error),
+                _idle({"type": "retries_exhausted"}),
+            ],
+        )
 
     async def _compact(self, p: _Pass, owner: str, watcher: _InterruptWatcher) -> None:
+        """The summary call is a model call like any other: it has its span and counts toward usage."""
+        start = await self._start_span(p, owner)
         try:
-            summary = await watcher.guard(self.compactor.summarize(p.session, p.convo, self.tools.definitions))
+            summary, usage = await watcher.guard(self.compactor.summarize(p.session, p.convo))
         except Interrupted:
+            await self._append(p.session.id, owner, [_span_end(start.id, None, error=True)])
             return
         except ModelError as exc:
-            start = new_id("event")
-            await self._append(p.session.id, owner, [SpanModelRequestStart(id=start, processed_at=_now())])
-            await self._model_failed(p, owner, start, exc, watcher)
+            await self._model_failed(p, owner, start.id, exc, watcher)
             return
         event = self.compactor.event()
         async with self.store.events.transaction() as tx:
             await tx.record(p.session.id, event.id, "compaction", {"summary": summary})
-            await tx.append(p.session.id, [event], owner=owner)
+            await tx.append(p.session.id, [_span_end(start.id, usage, error=False), event], owner=owner)
 
     # ---- plumbing -----------------------------------------------------------------------------
 
@@ -386,9 +480,12 @@ def _span_end(start_id: str, usage: Any, *, error: bool) -> SpanModelRequestEnd:
 
 def _tool_result(tool: ToolUse, text: str, *, error: bool) -> AgentToolResult:
     return AgentToolResult(
-        id=new_id("event"), processed_at=_now(), tool_use_id=tool.event_id,
-        content=[{"type": "text", "text": text}], is_error=error,
-    )  # fmt: skip
+        id=new_id("event"),
+        processed_at=_now(),
+        tool_use_id=tool.event_id,
+        content=[{"type": "text", "text": text}],
+        is_error=error,
+    )
 
 
 class _InterruptWatcher:
@@ -434,10 +531,8 @@ class _InterruptWatcher:
         if on_interrupt is not None:
             await on_interrupt()
         op.cancel()
-        try:
+        with contextlib.suppress(BaseException):  # how the cancelled operation ended no longer matters
             await op
-        except BaseException:  # noqa: S110 — the operation's own end is no longer interesting
-            pass
         raise Interrupted()
 
     def close(self) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 from .common import Timestamp
 from .content import AgentMessageBlock, ResultBlock, TextBlock, UserMessageBlock
@@ -165,11 +165,18 @@ class SessionError(Event):
 
 
 class SessionUpdated(Event):
+    """Carries only the fields that changed (a field set to null means it was cleared)."""
+
     type: Literal["session.updated"] = "session.updated"
     agent: dict[str, Any] | None = Field(default=None, description="New agent snapshot, if it changed.")
     budget: dict[str, Any] | None = Field(default=None, description="New budget, if it changed.")
     metadata: dict[str, str] | None = Field(default=None, description="New metadata, if it changed.")
     title: str | None = Field(default=None, description="New title, if it changed.")
+
+    @model_serializer(mode="wrap")
+    def _changed_only(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        return {k: v for k, v in data.items() if k in ("id", "type", "processed_at") or k in self.model_fields_set}
 
 
 class SessionDeleted(Event):

@@ -17,7 +17,7 @@ from .db import Database
 __all__ = ["Leases"]
 
 
-def _claimable(now: int):  # noqa: ANN202
+def _claimable(now: int):
     return and_(
         t.sessions.c.needs_work.is_(True),
         or_(t.sessions.c.lease_owner.is_(None), t.sessions.c.lease_until < now),

@@ -10,6 +10,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..errors import NotFound
+from ..pricing import list_cost_cents, price_for
 from ..schemas.common import from_micros, now_micros, to_micros
 from ..schemas.events import Event
 from ..schemas.sessions import Session, SessionUsage
@@ -39,7 +40,7 @@ _COLUMNS = (
 )
 
 
-def _to_model(row: Any) -> Session:
+def _to_model(row: Any, prices: dict[str, list[float]] | None = None) -> Session:
     body = json.loads(row.body)
     state = json.loads(row.usage)
     now = now_micros()
@@ -48,6 +49,9 @@ def _to_model(row: Any) -> Session:
         active += max(0, now - state["running_since"])
     usage = dict(state["usage"])
     usage["active_seconds"] = round(active / 1_000_000, 3)
+    price = price_for(body["agent"]["model"]["id"], prices)
+    if price is not None:  # list cost is derived from the token counts, in US cents
+        usage["list_cost"] = {"amount": str(int(list_cost_cents(usage, price))), "currency": "USD"}
     return Session(
         id=row.id,
         status=row.status,
@@ -69,9 +73,10 @@ def _body(session: Session) -> str:
 
 
 class SessionRepo:
-    def __init__(self, db: Database, log: EventLog) -> None:
+    def __init__(self, db: Database, log: EventLog, prices: dict[str, list[float]] | None = None) -> None:
         self.db = db
         self.log = log
+        self.prices = prices
 
     async def create(self, session: Session, initial_events: list[Event]) -> Session:
         """Insert the session and its initial events in one transaction."""
@@ -106,7 +111,7 @@ class SessionRepo:
                 row = (await c.execute(query)).first()
         if row is None:
             raise NotFound("session", session_id)
-        return _to_model(row)
+        return _to_model(row, self.prices)
 
     async def put(self, tx: Tx, session: Session, events: list[Event]) -> None:
         """Replace the session's body fields and append the events describing the change."""
@@ -159,5 +164,5 @@ class SessionRepo:
         async with self.db.read() as conn:
             rows = list((await conn.execute(keyset(query, t.sessions, order, cursor, limit))).all())
         result = make_page(rows, order, cursor, limit)
-        result.rows = [_to_model(r) for r in result.rows]
+        result.rows = [_to_model(r, self.prices) for r in result.rows]
         return result

@@ -14,13 +14,15 @@ __all__ = ["Store"]
 
 
 class Store:
-    def __init__(self, database_url: str, hub: EventHub | None = None) -> None:
+    def __init__(
+        self, database_url: str, hub: EventHub | None = None, prices: dict[str, list[float]] | None = None
+    ) -> None:
         self.db = Database(database_url)
         self.hub = hub or EventHub()
         self.events = EventLog(self.db, self.hub)
         self.agents = AgentRepo(self.db)
         self.environments = EnvironmentRepo(self.db)
-        self.sessions = SessionRepo(self.db, self.events)
+        self.sessions = SessionRepo(self.db, self.events, prices)
         self.keys = ApiKeyRepo(self.db)
 
     @property

@@ -110,7 +110,8 @@ events = Table(
 
 # What the harness must remember beyond the wire events, keyed like the side effect it records:
 # `model_output` (key = span start event id): the model's raw content blocks and tool-use id map;
-# `tool_run` (key = tool-use event id): written before a tool runs, so a crash never re-runs it;
+# `tool_run` (key = "run:" + tool-use event id): written before a tool runs, so a crash never re-runs it;
+# `input` (key = "in:" + client event id): where in the log queued input was taken in (or that it was flushed);
 # `compaction` (key = compaction event id): the summary that replaced earlier context.
 harness_records = Table(
     "harness_records",
