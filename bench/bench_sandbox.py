@@ -1,0 +1,115 @@
+"""Sandbox latency: cold start and warm tool calls, bubblewrap vs. a plain subprocess.
+
+Run alone: `python bench/bench_sandbox.py [--cold N] [--warm N]`. Prints one table (milliseconds).
+"cold" = provision a sandbox and get its first ping back (what a session's first tool call pays on top
+of the call itself); "warm" = one tool call in a running sandbox. The baseline runs the same helper as a
+plain subprocess (`UnsafeSandbox`), so the difference is the price of isolation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from corral.sandbox.base import SandboxSpec
+from corral.sandbox.channel import HelperSandbox
+from corral.sandbox.local import BwrapSandbox, check_isolation
+from corral.sandbox.unsafe import UnsafeSandbox
+
+Starter = Callable[[SandboxSpec], Awaitable[HelperSandbox]]
+
+
+def pct(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] * 1000
+
+
+async def timed(fn: Callable[[], Awaitable[object]], n: int, warmup: int = 3) -> list[float]:
+    for _ in range(warmup):
+        await fn()
+    out = []
+    for _ in range(n):
+        start = time.perf_counter()
+        await fn()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+async def bench_backend(name: str, start: Starter, root: Path, cold_n: int, warm_n: int) -> list[tuple]:
+    spec = SandboxSpec(f"bench-{name}", str(root / name / "workspace"))
+    rows = []
+
+    async def cold() -> None:
+        sandbox = await start(spec)
+        await sandbox.close()
+
+    # time only provision + first ping: close() is excluded
+    samples = []
+    await cold()
+    for _ in range(cold_n):
+        t0 = time.perf_counter()
+        sandbox = await start(spec)
+        samples.append(time.perf_counter() - t0)
+        await sandbox.close()
+    rows.append((name, "cold start (provision + ping)", samples))
+
+    sandbox = await start(spec)
+    try:
+        await sandbox.execute("write", {"file_path": "data.txt", "content": "x" * 4095 + "\n"})
+        rows.append((name, "ping", await timed(sandbox.ping, warm_n)))
+        rows.append((name, "bash `true`", await timed(lambda: sandbox.execute("bash", {"command": "true"}), warm_n)))
+        rows.append(
+            (name, "bash `/bin/true`", await timed(lambda: sandbox.execute("bash", {"command": "/bin/true"}), warm_n))
+        )
+        rows.append(
+            (name, "read 4 KiB", await timed(lambda: sandbox.execute("read", {"file_path": "data.txt"}), warm_n))
+        )
+    finally:
+        await sandbox.close()
+    return rows
+
+
+async def bench_raw(cold_n: int) -> list[tuple]:
+    """The floor: spawning a process at all (`/bin/true` via asyncio)."""
+
+    async def spawn() -> None:
+        proc = await asyncio.create_subprocess_exec("/bin/true", stdout=subprocess.DEVNULL)
+        await proc.wait()
+
+    return [("subprocess", "spawn `/bin/true` (floor)", await timed(spawn, cold_n))]
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cold", type=int, default=30, help="cold starts per backend")
+    parser.add_argument("--warm", type=int, default=300, help="warm calls per operation")
+    args = parser.parse_args()
+    report = check_isolation()
+    print(f"isolation: {report.detail}; {os.cpu_count()} CPUs")
+    root = Path(tempfile.mkdtemp(prefix="corral-bench-", dir="/var/tmp" if os.path.isdir("/var/tmp") else None))
+    os.chmod(root, 0o711)
+    rows = await bench_raw(args.cold)
+    try:
+        rows += await bench_backend("unsafe", UnsafeSandbox.start, root, args.cold, args.warm)
+        if report.ok:
+            rows += await bench_backend("bwrap", BwrapSandbox.start, root, args.cold, args.warm)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    print(f"\n{'backend':<11} {'operation':<31} {'n':>5} {'p50 ms':>8} {'p95 ms':>8} {'mean ms':>8}")
+    for backend, op, samples in rows:
+        print(
+            f"{backend:<11} {op:<31} {len(samples):>5} {pct(samples, 0.5):>8.2f} {pct(samples, 0.95):>8.2f} "
+            f"{statistics.fmean(samples) * 1000:>8.2f}"
+        )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
