@@ -1,0 +1,363 @@
+"""In-sandbox tool executor for the agent toolset (bash here; read/write/edit/glob/grep in helper_files.py).
+
+Run *inside* the sandbox as `/usr/bin/python3 -I -S /sbx/helper.py`, with helper_files.py beside it. Both
+are stdlib-only and must keep working on the image's own Python (3.8+), so they import nothing from
+`corral`. Because every file operation happens in here, a symlink the agent plants (`ln -s /etc/shadow x`)
+resolves inside the sandbox's mount namespace, never on the host.
+
+Protocol: one JSON object per line in each direction.
+  -> {"op": "call", "id": N, "name": "read", "input": {...}, "timeout": seconds}   (ids increase)
+  <- {"id": N, "content": [blocks], "is_error": bool}
+  -> {"op": "ping", "id": N}                 <- {"id": N, "pong": true}   (answered even mid-call)
+  -> {"op": "interrupt"}                     every call received so far answers "... interrupted"
+EOF on stdin kills the shell and exits. Calls run one at a time on the main thread; a reader thread
+answers pings and handles interrupts. glob/grep walks run in a forked child, so that a runaway regex
+(which holds the GIL) can be killed without starving the reader.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import re
+import select
+import signal
+import sys
+import threading
+import time
+
+# subprocess is imported with the first shell and pathlib/base64 by the tools that need them: cold start
+# is on every session's critical path. argparse/uuid/shlex are avoided altogether for the same reason.
+
+ANSI = re.compile(rb"\x1b\[[0-9;?]*[ -/]*[@-~]")
+
+
+def load_file_tools():
+    """helper_files.py from beside this file, by path: `-I` keeps our directory off sys.path."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "helper_files.py")
+    spec = importlib.util.spec_from_file_location("corral_helper_files", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+files = load_file_tools()
+ToolError = files.ToolError
+
+
+class Shell:
+    """A persistent /bin/bash in its own session: cwd, env and jobs survive between calls."""
+
+    def __init__(self, cwd: str, env: dict, limit: int) -> None:
+        import subprocess
+
+        self.subprocess = subprocess
+        self.limit = limit
+        self.proc = subprocess.Popen(
+            ["/bin/bash", "--noprofile", "--norc"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            env=env,
+            start_new_session=True,
+        )
+        assert self.proc.stdout is not None and self.proc.stdin is not None
+        self.out_fd = self.proc.stdout.fileno()
+        self.in_fd = self.proc.stdin.fileno()
+
+    def kill(self) -> None:
+        """SIGKILL the shell's whole process group (repeatedly: a fork bomb keeps adding members)."""
+        for _ in range(50):
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                break
+            if self.proc.poll() is None:
+                with contextlib.suppress(self.subprocess.TimeoutExpired):
+                    self.proc.wait(0.5)
+            time.sleep(0.002)
+        for f in (self.proc.stdin, self.proc.stdout):
+            with contextlib.suppress(OSError, AttributeError):
+                f.close()  # type: ignore[union-attr]
+
+    def run(self, command: str, timeout: float, wake_fd: int, cancelled: threading.Event):
+        """Run one command; returns (output_bytes, truncated, status, exit_code)."""
+        marker = f"__CORRAL_{os.urandom(16).hex()}__"
+        split = marker[:9] + "''" + marker[9:]  # the literal marker never appears in what we send
+        quoted = "'" + command.replace("'", "'\"'\"'") + "'"
+        # eval of one quoted word: a syntax error in `command` fails the call instead of hanging the shell
+        # (not `{ ...\n}`: bash 5.2 stops recognising `{` on the next line after an eval syntax error)
+        data = f"eval {quoted} </dev/null 2>&1; printf '\\n{split}%d\\n' \"$?\"\n".encode("utf-8", "surrogateescape")
+        while data:
+            data = data[os.write(self.in_fd, data) :]
+        mark = marker.encode()
+        buf, truncated, scan_from = bytearray(), False, 0
+        poller = select.poll()
+        poller.register(self.out_fd, select.POLLIN)
+        poller.register(wake_fd, select.POLLIN)
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return bytes(buf), truncated, "timeout", None
+            events = dict(poller.poll(min(left, 0.25) * 1000))
+            if cancelled.is_set():
+                return bytes(buf), truncated, "interrupted", None
+            if self.out_fd in events:
+                chunk = os.read(self.out_fd, 65536)
+                if not chunk:
+                    return bytes(buf), truncated, "exited", self._exit_code()
+                buf += chunk
+                at = buf.find(mark, scan_from)
+                if at >= 0:
+                    end = buf.find(b"\n", at + len(mark))
+                    if end >= 0:
+                        return bytes(buf[:at]), truncated, "done", int(buf[at + len(mark) : end] or b"-1")
+                    scan_from = at
+                    continue
+                if len(buf) > self.limit + 65536:  # keep only the tail (plus room to spot the marker)
+                    del buf[: len(buf) - self.limit - len(mark)]
+                    truncated = True
+                scan_from = max(0, len(buf) - len(mark))
+            elif not events and self.proc.poll() is not None:  # exited, but a background job holds stdout
+                return bytes(buf), truncated, "exited", self._exit_code()
+
+    def _exit_code(self) -> int:
+        try:
+            rc = self.proc.wait(1)
+        except self.subprocess.TimeoutExpired:
+            return -1
+        return 128 - rc if rc < 0 else rc
+
+
+class Helper:
+    def __init__(self, workdir: str, output_limit: int, default_timeout: float) -> None:
+        self.workdir = workdir
+        self.limit = output_limit
+        self.default_timeout = default_timeout
+        self.shell: Shell | None = None
+        self.tools = files.FileTools(workdir, self.guard)
+        self.out_lock = threading.Lock()
+        self.state_lock = threading.Lock()
+        self.received = 0  # highest call id queued so far
+        self.cancel_upto = 0  # calls with an id up to this were interrupted
+        self.current = 0  # id of the call running now (0 = none)
+        self.cancelled = threading.Event()
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        self.calls: queue.Queue = queue.Queue()
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "CORRAL_"))}
+        self.env.update(PS1="", PS2="", TERM="dumb")
+
+    # -- plumbing --------------------------------------------------------------------------------
+    def send(self, obj: dict) -> None:
+        line = json.dumps(obj, ensure_ascii=False).encode("utf-8", "replace") + b"\n"
+        with self.out_lock:
+            sys.stdout.buffer.write(line)
+            sys.stdout.buffer.flush()
+
+    def read_loop(self) -> None:
+        """Reader thread: queue calls, answer pings, handle interrupts; on EOF stop everything."""
+        for raw in sys.stdin.buffer:
+            try:
+                req = json.loads(raw)
+            except ValueError:
+                continue
+            op = req.get("op")
+            if op == "ping":
+                self.send({"id": req.get("id"), "pong": True})
+            elif op == "call":
+                with self.state_lock:
+                    self.received = max(self.received, int(req.get("id") or 0))
+                self.calls.put(req)
+            elif op == "interrupt":
+                self.interrupt()
+        self.interrupt()
+        self.calls.put(None)
+
+    def interrupt(self) -> None:
+        """Cancel every call received so far: the running one now, queued ones when they come up."""
+        with self.state_lock:
+            self.cancel_upto = self.received
+            if not self.current:
+                return
+            self.cancelled.set()
+        with contextlib.suppress(BlockingIOError):
+            os.write(self.wake_w, b"x")
+
+    def serve(self) -> None:
+        threading.Thread(target=self.read_loop, daemon=True).start()
+        while True:
+            req = self.calls.get()
+            if req is None:
+                break
+            call_id = int(req.get("id") or 0)
+            with self.state_lock:
+                skip = call_id <= self.cancel_upto
+                self.current = 0 if skip else call_id
+                self.cancelled.clear()
+                with contextlib.suppress(BlockingIOError):
+                    while os.read(self.wake_r, 4096):
+                        pass
+            if skip:
+                reply = {"content": [{"type": "text", "text": f"{req.get('name')}: interrupted"}], "is_error": True}
+            else:
+                reply = self.dispatch(req)
+            with self.state_lock:
+                self.current = 0
+            self.send({"id": req.get("id"), **reply})
+        if self.shell is not None:
+            self.shell.kill()
+
+    def dispatch(self, req: dict) -> dict:
+        name, inp = req.get("name"), req.get("input")
+        timeout = float(req.get("timeout") or self.default_timeout)
+        if name not in ("bash", "read", "write", "edit", "glob", "grep"):
+            return {"content": [{"type": "text", "text": f"unknown tool: {name}"}], "is_error": True}
+        tool = self.tool_bash if name == "bash" else getattr(self.tools, str(name))
+        try:
+            if not isinstance(inp, dict):
+                raise ToolError("input must be an object")
+            result = tool(inp, timeout)
+        except ToolError as e:
+            msg = str(e)
+            text = msg if msg.startswith(f"{name}:") else f"{name}: {msg}"
+            return {"content": [{"type": "text", "text": text}], "is_error": True}
+        except Exception as e:  # a helper bug must not take the sandbox down
+            return {"content": [{"type": "text", "text": f"{name}: internal error: {e!r}"}], "is_error": True}
+        if isinstance(result, tuple):
+            return {"content": [{"type": "text", "text": result[0]}], "is_error": result[1]}
+        if isinstance(result, dict):
+            return {"content": [result], "is_error": False}
+        return {"content": [{"type": "text", "text": result}], "is_error": False}
+
+    def guard(self, op: str, timeout: float, fn):
+        """Run a tree walk in a forked child that we can kill on interrupt or deadline.
+
+        Not a thread: a runaway regex holds the GIL inside `re`, which would starve the reader thread
+        (no pings, no interrupts). The child shares our memory copy-on-write and sends back JSON.
+        """
+        try:
+            r, w = os.pipe()
+            pid = os.fork()
+        except OSError as e:
+            raise ToolError(f"{op}: cannot start the search: {files.fs_reason(e)}") from None
+        if pid == 0:  # child: never return into the helper's loop
+            try:
+                os.close(r)
+                try:
+                    outcome = ["ok", fn()]
+                except ToolError as e:
+                    outcome = ["error", str(e)]
+                except Exception as e:
+                    outcome = ["error", f"{op}: internal error: {e!r}"]
+                data = json.dumps(outcome).encode()
+                while data:
+                    data = data[os.write(w, data) :]
+            finally:
+                os._exit(0)
+        os.close(w)
+        data, status = b"", "failed"
+        try:
+            data, status = self.collect(r, timeout)
+        finally:
+            os.close(r)
+            if status != "done":
+                os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        if status == "timeout":
+            raise ToolError(f"{op}: timed out after {timeout:g}s")
+        if status == "interrupted":
+            raise ToolError(f"{op}: interrupted")
+        try:
+            kind, value = json.loads(data)
+        except ValueError:
+            raise ToolError(f"{op}: the search process died") from None
+        if kind == "error":
+            raise ToolError(value)
+        return value
+
+    def collect(self, fd: int, timeout: float):
+        """Read `fd` to EOF unless the deadline passes or an interrupt arrives first."""
+        chunks: list[bytes] = []
+        deadline = time.monotonic() + timeout
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        poller.register(self.wake_r, select.POLLIN)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return b"", "timeout"
+            events = dict(poller.poll(left * 1000))
+            if self.cancelled.is_set():
+                return b"", "interrupted"
+            if fd in events:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    return b"".join(chunks), "done"
+                chunks.append(chunk)
+
+    # -- bash ------------------------------------------------------------------------------------
+    def tool_bash(self, inp: dict, timeout: float):
+        command, restart = files.arg(inp, "command", str), files.arg(inp, "restart", bool)
+        if restart:
+            if self.shell is not None:
+                self.shell.kill()
+            self.shell = Shell(self.workdir, self.env, self.limit)
+            return "bash session restarted"
+        if not command:
+            raise ToolError("bash: command is required")
+        if self.shell is None or self.shell.proc.poll() is not None:
+            self.shell = Shell(self.workdir, self.env, self.limit)
+        try:
+            out, truncated, status, code = self.shell.run(command, timeout, self.wake_r, self.cancelled)
+        except OSError as e:  # the shell vanished between calls (killed from inside, say)
+            self.shell.kill()
+            self.shell = None
+            raise ToolError(f"bash: shell is gone ({files.fs_reason(e)}); the next call starts a new one") from None
+        if status in ("timeout", "interrupted", "exited"):
+            self.shell.kill()
+            self.shell = None
+        text = self.clip(out.rstrip(b"\n"), truncated)
+        if status == "timeout":
+            note = f"bash: bash command timed out after {timeout:g}s (shell killed; cwd and env were reset)"
+            return (note + ("\n" + text if text else ""), True)
+        if status == "interrupted":
+            note = "bash: command interrupted (shell killed; cwd and env were reset)"
+            return (note + ("\n" + text if text else ""), True)
+        if status == "exited":
+            note = f"[shell exited with status {code}; the next call starts a fresh shell]"
+            return ((text + "\n" if text else "") + note, code != 0)
+        return text, code != 0
+
+    def clip(self, out: bytes, truncated: bool) -> str:
+        """Keep the last `limit` bytes, strip ANSI escapes, mark truncation like the reference toolset."""
+        if len(out) > self.limit:
+            out, truncated = out[-self.limit :], True
+        if truncated:
+            while out and out[0] & 0xC0 == 0x80:  # don't start in the middle of a UTF-8 sequence
+                out = out[1:]
+        text = ANSI.sub(b"", out).decode("utf-8", "replace")
+        return "[output truncated]\n" + text if truncated else text
+
+
+def main() -> None:
+    """`helper.py [--workdir DIR] [--output-limit BYTES] [--timeout SECONDS]` (hand-parsed: no argparse)."""
+    opts = {"--workdir": "/workspace", "--output-limit": str(100 * 1024), "--timeout": "120"}
+    argv = sys.argv[1:]
+    for i in range(0, len(argv) - 1, 2):
+        if argv[i] not in opts:
+            sys.exit(f"helper.py: unknown option {argv[i]}")
+        opts[argv[i]] = argv[i + 1]
+    os.chdir(opts["--workdir"])
+    Helper(opts["--workdir"], int(opts["--output-limit"]), float(opts["--timeout"])).serve()
+
+
+if __name__ == "__main__":
+    main()

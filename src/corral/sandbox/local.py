@@ -1,0 +1,346 @@
+"""Bubblewrap backend (the default): one long-lived bwrap sandbox per session, running `helper.py`.
+
+Inside: own user/mount/pid/net/ipc/uts/cgroup namespaces, uid 1000 ("agent") with no capabilities and no
+way to make further user namespaces; read-only /usr and a handful of /etc files; generated passwd/group/
+hosts; a size-capped tmpfs /tmp; the session's host workdir bound at /workspace (also $HOME and the cwd);
+an environment built from scratch (`--clearenv`), so no server variable such as ANTHROPIC_API_KEY or
+CORRAL_API_KEY can reach it. Measurements and pitfalls: /work/shared/sandbox-notes.md.
+
+When the server runs as root, each sandbox runs under its own unprivileged host uid (the pool hands them
+out from 200000 up) and its workdir is chowned to it: that makes RLIMIT_NPROC effective and keeps files
+written by one sandbox unreadable by another. rlimits always apply; a per-sandbox cgroup (v1 or v2) caps
+memory/pids/cpu when the cgroup tree is writable.
+
+NETWORKING IS NOT ENFORCED YET: every sandbox gets `--unshare-net` (loopback only), whatever
+`spec.networking` says. Neither `unrestricted` nor `limited` (allowed_hosts, package registries, MCP
+servers) is implemented. The egress proxy will hook in here: keep `--unshare-net`, bind a Unix socket from
+the host proxy into the sandbox (e.g. /run/corral/proxy.sock), and run a tiny in-sandbox forwarder that
+listens on 127.0.0.1:3128 with HTTP(S)_PROXY pointing at it, so the host-side proxy applies the policy.
+Not done either: `spec.packages` installation, and a seccomp filter (`--seccomp FD`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from corral.sandbox import cgroups
+from corral.sandbox.base import SandboxSpec, SandboxUnavailable
+from corral.sandbox.channel import HELPER_PATH, STREAM_LIMIT, HelperSandbox
+from corral.sandbox.limits import SandboxLimits, apply_rlimits, rlimit_plan
+
+__all__ = ["BwrapSandbox", "IsolationReport", "check_isolation", "prepare_workdir"]
+
+WORKSPACE = "/workspace"
+SANDBOX_UID = 1000
+UID_BASE = 200_000
+UID_COUNT = 100_000
+DEFAULT_PYTHON = "/usr/bin/python3"
+ETC_FILES = (
+    "alternatives",
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "ssl",
+    "ca-certificates",
+    "localtime",
+    "nsswitch.conf",
+    "protocols",
+    "services",
+)
+SCRUBBED_PREFIXES = ("ANTHROPIC_", "CORRAL_")
+GENERATED = {
+    "/etc/passwd": b"root:x:0:0:root:/root:/usr/sbin/nologin\n"
+    b"agent:x:1000:1000:agent:/workspace:/bin/bash\n"
+    b"nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
+    "/etc/group": b"root:x:0:\nagent:x:1000:\nnogroup:x:65534:\n",
+    "/etc/hosts": b"127.0.0.1\tlocalhost\n127.0.1.1\tsbx\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+    "/etc/hostname": b"sbx\n",
+}
+
+
+def find_bwrap() -> str:
+    path = shutil.which("bwrap")
+    if path is None:
+        raise SandboxUnavailable(
+            "bubblewrap (bwrap) is not installed: `apt-get install bubblewrap` (or dnf/pacman), "
+            "or choose `--sandbox unsafe-no-isolation` to run tools without any isolation"
+        )
+    return path
+
+
+def default_host_uid(session_id: str) -> int:
+    """A stable uid for callers without a pool (the pool hands out unique ones instead)."""
+    return UID_BASE + zlib.crc32(session_id.encode()) % UID_COUNT
+
+
+def sandbox_env(spec: SandboxSpec) -> dict[str, str]:
+    env = {
+        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "HOME": WORKSPACE,
+        "USER": "agent",
+        "LOGNAME": "agent",
+        "SHELL": "/bin/bash",
+        "LANG": "C.UTF-8",
+        "TMPDIR": "/tmp",
+    }
+    for key, value in spec.env.items():
+        if not key or "=" in key or "\0" in key + value or key.startswith(SCRUBBED_PREFIXES):
+            continue
+        env[key] = value
+    return env
+
+
+def bwrap_argv(
+    bwrap: str,
+    limits: SandboxLimits,
+    env: dict[str, str],
+    workdir: str | None,
+    files: dict[str, int],
+    command: list[str],
+) -> list[str]:
+    """The command from the notes' "working bwrap command"; `files` maps sandbox paths to data fds."""
+    argv = [
+        bwrap,
+        "--unshare-all",
+        "--unshare-user",
+        "--uid",
+        str(SANDBOX_UID),
+        "--gid",
+        str(SANDBOX_UID),
+        "--disable-userns",
+        "--die-with-parent",
+        "--new-session",
+        "--cap-drop",
+        "ALL",
+        "--hostname",
+        "sbx",
+        "--ro-bind",
+        "/usr",
+        "/usr",
+    ]
+    for name in ("bin", "lib", "lib32", "lib64", "sbin"):
+        if os.path.isdir(f"/usr/{name}"):
+            argv += ["--symlink", f"usr/{name}", f"/{name}"]
+    for name in ETC_FILES:
+        if os.path.exists(f"/etc/{name}"):
+            argv += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
+    for dest, fd in files.items():
+        argv += ["--ro-bind-data", str(fd), dest]
+    argv += ["--proc", "/proc", "--dev", "/dev"]
+    for tmp in ("/tmp", "/dev/shm"):  # capped tmpfs; the root tmpfs itself is made read-only below
+        argv += ["--size", str(limits.tmp_bytes), "--tmpfs", tmp]
+    argv += ["--bind", workdir, WORKSPACE] if workdir else ["--dir", WORKSPACE]
+    argv += ["--remount-ro", "/", "--chdir", WORKSPACE, "--clearenv"]
+    for key, value in env.items():
+        argv += ["--setenv", key, value]
+    return [*argv, "--", *command]
+
+
+def _memfd(name: str, data: bytes) -> int:
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    os.write(fd, data)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+def prepare_workdir(workdir: str, uid: int | None) -> None:
+    """Create the workdir; when sandboxes get their own uid, hand it (recursively) to `uid`.
+
+    bwrap then runs as `uid` and resolves the bind source itself, so every ancestor must be searchable by
+    "other" (x bit); we say so instead of letting bwrap fail with a bare "Permission denied".
+    """
+    path = Path(workdir)
+    path.mkdir(parents=True, exist_ok=True)
+    if uid is None:
+        return
+    for parent in path.resolve().parents:
+        if not os.stat(parent).st_mode & 0o001:
+            raise SandboxUnavailable(
+                f"{parent} is not searchable by other users (mode {os.stat(parent).st_mode & 0o777:o}); "
+                f"sandboxes run as their own uid and cannot reach {workdir}. Put the data directory "
+                "somewhere world-searchable (e.g. /var/lib/corral) or chmod o+x the parents."
+            )
+    if os.lstat(path).st_uid != uid:
+        os.lchown(path, uid, uid)
+        for root, dirs, files in os.walk(path):  # never follows symlinks the agent may have planted
+            for name in dirs + files:
+                os.lchown(os.path.join(root, name), uid, uid)
+    os.chmod(path, 0o700)
+
+
+class BwrapSandbox(HelperSandbox):
+    """One session's bubblewrap sandbox. Create with `await BwrapSandbox.start(spec)`."""
+
+    def __init__(
+        self,
+        spec: SandboxSpec,
+        limits: SandboxLimits,
+        proc: asyncio.subprocess.Process,
+        cgroup: cgroups.Cgroup | None,
+        host_uid: int | None,
+    ) -> None:
+        super().__init__(spec, limits, proc)
+        self.cgroup = cgroup
+        self.host_uid = host_uid
+
+    @classmethod
+    async def start(
+        cls,
+        spec: SandboxSpec,
+        limits: SandboxLimits | None = None,
+        *,
+        host_uid: int | None = None,
+        python: str = DEFAULT_PYTHON,
+    ) -> BwrapSandbox:
+        """Provision a sandbox and wait for its first ping; `SandboxUnavailable` when that is impossible."""
+        if not spec.workdir:
+            raise ValueError("SandboxSpec.workdir is required (SandboxPool fills it in)")
+        limits = limits or SandboxLimits()
+        bwrap = find_bwrap()
+        if not os.access(python, os.X_OK):
+            raise SandboxUnavailable(
+                f"{python} not found: the sandbox runs its tool helper with the "
+                "image's own python3 (apt-get install python3-minimal)"
+            )
+        root = os.geteuid() == 0
+        uid = (host_uid if host_uid is not None else default_host_uid(spec.session_id)) if root else None
+        await asyncio.to_thread(prepare_workdir, spec.workdir, uid)
+        command = [python, "-I", "-S", "/sbx/helper.py", "--workdir", WORKSPACE]
+        command += ["--output-limit", str(limits.output_bytes), "--timeout", str(limits.call_timeout)]
+        cgroup = await asyncio.to_thread(cgroups.Cgroup.create, limits)
+        plan = rlimit_plan(limits, memory_cgroup=cgroup is not None, own_uid=uid is not None)
+        files: dict[str, int] = {}
+        try:
+            for dest, data in GENERATED.items():
+                files[dest] = _memfd(dest.rsplit("/", 1)[1], data)
+            for name in ("helper.py", "helper_files.py"):
+                files[f"/sbx/{name}"] = _memfd(name, (Path(HELPER_PATH).parent / name).read_bytes())
+            argv = bwrap_argv(bwrap, limits, sandbox_env(spec), os.path.realpath(spec.workdir), files, command)
+            join_fds = cgroup.open_join_fds() if cgroup else []
+
+            def preexec() -> None:  # runs in the child after the uid switch, before exec
+                for fd in join_fds:
+                    os.write(fd, b"0")
+                apply_rlimits(plan)
+
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                pass_fds=[*files.values()],
+                cwd="/",
+                env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+                start_new_session=True,
+                preexec_fn=preexec,
+                limit=STREAM_LIMIT,
+                user=uid,  # None when not root: no switch
+                group=uid,
+                extra_groups=[] if uid is not None else None,
+            )
+        except (OSError, subprocess.SubprocessError) as e:
+            if cgroup:
+                await cgroup.remove()
+            raise SandboxUnavailable(f"could not start bwrap: {e}") from e
+        finally:
+            for fd in files.values():
+                os.close(fd)
+            if cgroup:
+                cgroup.close_join_fds()
+        sandbox = cls(spec, limits, proc, cgroup, uid)
+        try:
+            await sandbox.ping(timeout=limits.startup_timeout)
+        except Exception as e:
+            await sandbox.close()
+            raise SandboxUnavailable(
+                f"bubblewrap sandbox failed to start ({e}); stderr: {sandbox.stderr_tail() or '-'}. "
+                "User namespaces may be blocked (Ubuntu 24.04 AppArmor, Docker's seccomp profile); "
+                "see docs, or choose `--sandbox unsafe-no-isolation`."
+            ) from e
+        return sandbox
+
+    async def _kill(self) -> None:
+        # SIGKILL to the outer bwrap takes the whole pid namespace with it (--die-with-parent on the
+        # inner init), including setsid/nohup double-forked children.
+        if self._proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._proc.pid, signal.SIGKILL)
+        await self._proc.wait()
+
+    async def _after_close(self) -> None:
+        if self.cgroup is not None:
+            await self.cgroup.remove()
+
+    def _death_reason(self, returncode: int | None) -> str:
+        reason = super()._death_reason(returncode)
+        if self.cgroup is not None and self.cgroup.oom_kills():
+            return f"{reason} (out of memory: the {self.limits.memory_bytes >> 20} MiB limit was hit)"
+        return reason
+
+
+@dataclass(frozen=True)
+class IsolationReport:
+    """What `check_isolation()` found: whether bwrap sandboxes work here, and which extras apply."""
+
+    ok: bool
+    detail: str
+    cgroups: str | None
+    per_sandbox_uid: bool
+
+
+def check_isolation(*, python: str = DEFAULT_PYTHON, timeout: float = 10.0) -> IsolationReport:
+    """Run a throwaway sandbox with the real flags (and the real uid switch) and report. Blocking, ~30 ms."""
+    root = os.geteuid() == 0
+    version = cgroups.detect()
+    try:
+        bwrap = find_bwrap()
+    except SandboxUnavailable as e:
+        return IsolationReport(False, str(e), version, root)
+    if not os.access(python, os.X_OK):
+        return IsolationReport(False, f"{python} not found (the in-sandbox helper needs it)", version, root)
+    files = {dest: _memfd(dest.rsplit("/", 1)[1], data) for dest, data in GENERATED.items()}
+    argv = bwrap_argv(
+        bwrap,
+        SandboxLimits(),
+        {"PATH": "/usr/bin:/bin"},
+        None,
+        files,
+        [python, "-I", "-S", "-c", "import os; print(os.getuid())"],
+    )
+    uid = UID_BASE if root else None
+    try:
+        result = subprocess.run(
+            argv,
+            pass_fds=[*files.values()],
+            capture_output=True,
+            text=True,
+            cwd="/",
+            env={"PATH": "/usr/bin:/bin"},
+            timeout=timeout,
+            check=False,
+            user=uid,
+            group=uid,
+            extra_groups=[] if uid is not None else None,
+        )
+    except (OSError, subprocess.SubprocessError) as e:
+        return IsolationReport(False, f"bwrap could not run: {e}", version, root)
+    finally:
+        for fd in files.values():
+            os.close(fd)
+    if result.returncode != 0 or result.stdout.strip() != str(SANDBOX_UID):
+        return IsolationReport(
+            False, f"bwrap failed (status {result.returncode}): {result.stderr.strip()}", version, root
+        )
+    extras = [
+        f"cgroup {version} limits" if version else "no cgroup limits (rlimits only)",
+        "one host uid per sandbox" if root else "sandboxes share the server's uid",
+    ]
+    return IsolationReport(True, "bubblewrap works: " + ", ".join(extras), version, root)

@@ -1,0 +1,166 @@
+"""`SandboxPool`: lazily provisioned, per-session sandboxes, replaced when dead, reaped when idle.
+
+Sandboxes are cattle (see `base.py`): the pool keeps only a cache keyed by session id. A session's
+workdir (`root_dir/sessions/<id>/workspace`) outlives its sandbox; idle sandboxes are closed and a new
+one is started from the same recipe on the next `get()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Literal
+
+from corral.sandbox.base import Sandbox, SandboxSpec
+from corral.sandbox.limits import SandboxLimits
+from corral.sandbox.local import UID_BASE, UID_COUNT, BwrapSandbox, IsolationReport, check_isolation
+from corral.sandbox.unsafe import UnsafeSandbox
+
+__all__ = ["Backend", "IsolationReport", "SandboxPool", "check_isolation"]
+
+log = logging.getLogger(__name__)
+
+Backend = Literal["bwrap", "unsafe"]
+_SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+
+
+@dataclasses.dataclass
+class _Entry:
+    sandbox: Sandbox
+    last_used: float
+
+
+class SandboxPool:
+    """One live sandbox per session id, provisioned on first use."""
+
+    def __init__(
+        self,
+        root_dir: str | os.PathLike[str],
+        backend: Backend = "bwrap",
+        *,
+        limits: SandboxLimits | None = None,
+        idle_seconds: float = 600.0,
+        uid_base: int = UID_BASE,
+        uid_count: int = UID_COUNT,
+    ) -> None:
+        if backend not in ("bwrap", "unsafe"):
+            raise ValueError(f"unknown sandbox backend {backend!r} (expected 'bwrap' or 'unsafe')")
+        self.root_dir = Path(root_dir).resolve()
+        self.backend: Backend = backend
+        self.limits = limits or SandboxLimits()
+        self.idle_seconds = idle_seconds
+        self._uid_range = range(uid_base, uid_base + uid_count)
+        self._uids: dict[str, int] = {}
+        self._entries: dict[str, _Entry] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._closed = False
+
+    def workdir_for(self, session_id: str) -> Path:
+        if not _SESSION_ID.match(session_id):
+            raise ValueError(f"session id {session_id!r} cannot name a directory")
+        return self.root_dir / "sessions" / session_id / "workspace"
+
+    async def get(self, spec: SandboxSpec) -> Sandbox:
+        """The session's live sandbox, provisioning one (or replacing a dead one) as needed.
+
+        An empty `spec.workdir` means "the pool's workdir for this session".
+        """
+        if self._closed:
+            raise RuntimeError("sandbox pool is closed")
+        entry = self._entries.get(spec.session_id)
+        if entry is not None and entry.sandbox.alive():
+            entry.last_used = time.monotonic()
+            return entry.sandbox
+        lock = self._locks.setdefault(spec.session_id, asyncio.Lock())
+        async with lock:
+            entry = self._entries.get(spec.session_id)
+            if entry is not None and entry.sandbox.alive():
+                entry.last_used = time.monotonic()
+                return entry.sandbox
+            if entry is not None:
+                log.info("sandbox for %s is dead; provisioning a new one", spec.session_id)
+                self._entries.pop(spec.session_id)
+                await entry.sandbox.close()
+            sandbox = await self._provision(spec)
+            self._entries[spec.session_id] = _Entry(sandbox, time.monotonic())
+            return sandbox
+
+    async def _provision(self, spec: SandboxSpec) -> Sandbox:
+        if not spec.workdir:
+            spec = dataclasses.replace(spec, workdir=str(self.workdir_for(spec.session_id)))
+        if self.backend == "unsafe":
+            return await UnsafeSandbox.start(spec, self.limits)
+        await asyncio.to_thread(self._make_dirs, Path(spec.workdir).parent)
+        uid = self._uid_for(spec.session_id, Path(spec.workdir)) if os.geteuid() == 0 else None
+        return await BwrapSandbox.start(spec, self.limits, host_uid=uid)
+
+    def _make_dirs(self, session_dir: Path) -> None:
+        """Create the pool's directories searchable but unlistable (0711): sandboxes run as other uids."""
+        session_dir.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            for d in (self.root_dir, self.root_dir / "sessions", session_dir):
+                if d.is_relative_to(self.root_dir) and d.is_dir():
+                    os.chmod(d, 0o711)
+
+    def _uid_for(self, session_id: str, workdir: Path) -> int:
+        """Keep a session's uid stable: reuse the workdir's owner when it is ours and free (no chown)."""
+        if session_id in self._uids:
+            return self._uids[session_id]
+        taken = set(self._uids.values())
+        try:
+            owner = workdir.stat().st_uid
+        except OSError:
+            owner = -1
+        if owner in self._uid_range and owner not in taken:
+            uid = owner
+        else:
+            free = next((u for u in self._uid_range if u not in taken), None)
+            if free is None:
+                raise RuntimeError("no free sandbox uids left in the pool's range")
+            uid = free
+        self._uids[session_id] = uid
+        return uid
+
+    async def release_idle(self) -> list[str]:
+        """Close sandboxes unused for `idle_seconds` (their workdirs stay). Returns their session ids."""
+        now = time.monotonic()
+        idle = []
+        for session_id, entry in list(self._entries.items()):
+            last = max(entry.last_used, getattr(entry.sandbox, "last_used", 0.0))
+            if not getattr(entry.sandbox, "busy", False) and now - last >= self.idle_seconds:
+                idle.append(session_id)
+        for session_id in idle:
+            entry = self._entries.pop(session_id)
+            await entry.sandbox.close()
+        return idle
+
+    async def destroy(self, session_id: str, remove_workdir: bool = True) -> None:
+        """Close the session's sandbox, forget its uid and (by default) delete `root_dir/sessions/<id>`."""
+        entry = self._entries.pop(session_id, None)
+        if entry is not None:
+            await entry.sandbox.close()
+        self._locks.pop(session_id, None)
+        self._uids.pop(session_id, None)
+        if remove_workdir:
+            session_dir = self.workdir_for(session_id).parent
+            await asyncio.to_thread(shutil.rmtree, session_dir, ignore_errors=True)
+
+    async def aclose(self) -> None:
+        """Close every sandbox (workdirs are kept)."""
+        self._closed = True
+        entries, self._entries = list(self._entries.values()), {}
+        await asyncio.gather(*(e.sandbox.close() for e in entries), return_exceptions=True)
+
+    def current(self, session_id: str) -> Sandbox | None:
+        """The session's sandbox if one is provisioned (alive or not), without starting one."""
+        entry = self._entries.get(session_id)
+        return entry.sandbox if entry is not None else None
+
+    def __len__(self) -> int:
+        return len(self._entries)

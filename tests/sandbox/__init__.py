@@ -1,0 +1,1 @@
+"""Tests of the sandbox backends, pool and agent toolset (real bubblewrap, real commands)."""

@@ -1,0 +1,201 @@
+"""Escape attempts against the bubblewrap sandbox. Every one of these must fail."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from corral.sandbox.base import Sandbox, SandboxSpec
+from corral.sandbox.local import BwrapSandbox
+from corral.sandbox.pool import SandboxPool
+
+from .helpers import err, ok, text
+
+
+@pytest.fixture
+def host_secret() -> Iterator[tuple[Path, str]]:
+    """A secret file on the host, outside any workdir (in /root when we can write there, else /tmp)."""
+    token = f"host-secret-{uuid.uuid4().hex}"
+    base = Path("/root") if os.access("/root", os.W_OK) else Path("/tmp")
+    path = base / f"corral-escape-{uuid.uuid4().hex}.txt"
+    path.write_text(token)
+    yield path, token
+    path.unlink(missing_ok=True)
+
+
+async def test_etc_shadow_is_not_there(sbx: Sandbox) -> None:
+    assert await err(sbx, "read", {"file_path": "/etc/shadow"}) == "read: /etc/shadow: no such file or directory"
+    assert "No such file" in await err(sbx, "bash", {"command": "cat /etc/shadow"})
+    assert await ok(sbx, "bash", {"command": "ls /etc"}) == "\n".join(
+        sorted(
+            [
+                "alternatives",
+                "ca-certificates",
+                "group",
+                "hostname",
+                "hosts",
+                "ld.so.cache",
+                "ld.so.conf",
+                "ld.so.conf.d",
+                "localtime",
+                "nsswitch.conf",
+                "passwd",
+                "protocols",
+                "services",
+                "ssl",
+            ]
+        )
+    )
+
+
+async def test_host_files_outside_the_workdir_are_invisible(sbx: Sandbox, host_secret: tuple[Path, str]) -> None:
+    path, token = host_secret
+    assert "no such file or directory" in await err(sbx, "read", {"file_path": str(path)})
+    assert token not in text(await sbx.execute("bash", {"command": f"cat {path}; ls /root /home /var"}))
+    found = await sbx.execute(
+        "bash", {"command": "grep -rl host-secret / --exclude-dir=proc --exclude-dir=usr --exclude-dir=sys 2>/dev/null"}
+    )
+    assert text(found) == "" and found.is_error  # grep: no match
+
+
+async def test_planted_symlinks_resolve_inside_the_sandbox(
+    sbx: Sandbox, pool: SandboxPool, host_secret: tuple[Path, str]
+) -> None:
+    path, token = host_secret
+    await ok(
+        sbx,
+        "bash",
+        {"command": f"ln -sfn /etc/shadow shadow-link; ln -sfn {path} secret-link; ln -sfn {path.parent} dir-link"},
+    )
+    assert await err(sbx, "read", {"file_path": "shadow-link"}) == "read: shadow-link: no such file or directory"
+    assert token not in text(await sbx.execute("read", {"file_path": "secret-link"}))
+    # writing through a link to a host path must not create anything on the host
+    target = path.parent / f"corral-planted-{uuid.uuid4().hex}"
+    await ok(sbx, "bash", {"command": f"ln -sfn {target} write-link"})
+    await sbx.execute("write", {"file_path": "write-link", "content": "pwned"})
+    await sbx.execute("write", {"file_path": f"dir-link/{target.name}", "content": "pwned"})
+    assert not target.exists()
+    # and the server never follows them when it looks at the workdir either
+    assert (pool.workdir_for("shared") / "shadow-link").is_symlink()
+
+
+async def test_server_environment_does_not_leak(pool: SandboxPool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "secret-xyz")
+    monkeypatch.setenv("CORRAL_API_KEY", "secret-abc")
+    sandbox = await pool.get(SandboxSpec("envcheck", "", env={"ANTHROPIC_BASE_URL": "secret-env", "FOO": "bar"}))
+    out = await ok(sandbox, "bash", {"command": "env; cat /proc/1/environ | tr '\\0' '\\n'"})
+    for secret in ("secret-xyz", "secret-abc", "secret-env", "ANTHROPIC", "CORRAL_"):
+        assert secret not in out
+    assert "FOO=bar" in out
+
+
+async def test_host_loopback_is_unreachable(sbx: Sandbox) -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        out = await err(
+            sbx,
+            "bash",
+            {"command": f"python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", {port}), timeout=2)'"},
+        )
+        assert "Connection refused" in out
+    interfaces = await ok(sbx, "bash", {"command": "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '"})
+    assert interfaces == "lo"
+
+
+async def test_host_processes_are_invisible(sbx: Sandbox) -> None:
+    out = await ok(sbx, "bash", {"command": "ps -eo pid,comm --no-headers"})
+    names = [line.split(None, 1)[1] for line in out.splitlines()]
+    assert sorted(names) == ["bash", "bwrap", "ps", "python3"], out
+    pids = await ok(sbx, "bash", {"command": "ls /proc | grep -E '^[0-9]+$' | sort -n | tail -1"})
+    assert int(pids) < 100
+    assert "pytest" not in await ok(sbx, "bash", {"command": "cat /proc/*/cmdline | tr '\\0' ' '"})
+
+
+async def test_other_sessions_workdirs_are_unreachable(pool: SandboxPool) -> None:
+    a = await pool.get(SandboxSpec("tenant-a", ""))
+    b = await pool.get(SandboxSpec("tenant-b", ""))
+    await ok(a, "write", {"file_path": "private.txt", "content": "a-only"})
+    a_host = pool.workdir_for("tenant-a") / "private.txt"
+    assert "no such file" in await err(b, "read", {"file_path": str(a_host)})
+    assert "no such file" in await err(b, "read", {"file_path": "../tenant-a/workspace/private.txt"})
+    assert "a-only" not in text(await b.execute("bash", {"command": f"cat {a_host} ../*/private.txt"}))
+    assert isinstance(a, BwrapSandbox) and isinstance(b, BwrapSandbox)
+    if os.geteuid() == 0:  # and on the host, each workdir belongs to its own uid, mode 0700
+        assert a.host_uid != b.host_uid
+        stat = pool.workdir_for("tenant-a").stat()
+        assert (stat.st_uid, stat.st_mode & 0o777) == (a.host_uid, 0o700)
+
+
+async def test_no_privileges_inside(sbx: Sandbox) -> None:
+    status = await ok(sbx, "bash", {"command": "grep -E '^(CapEff|NoNewPrivs)' /proc/self/status"})
+    assert status.split() == ["CapEff:", "0000000000000000", "NoNewPrivs:", "1"]
+    assert "unshare failed" in await err(sbx, "bash", {"command": "unshare -U true"})  # --disable-userns
+    assert "Read-only file system" in await err(sbx, "bash", {"command": "touch /usr/x"})
+
+
+async def test_fork_bomb_is_contained(pool: SandboxPool) -> None:
+    sandbox = await pool.get(SandboxSpec("forkbomb", ""))
+    assert isinstance(sandbox, BwrapSandbox)
+    start = time.monotonic()
+    # the bomb backgrounds itself, so the call may return at once or time out in a fork retry loop
+    result = await sandbox.execute("bash", {"command": ":(){ :|:& };:", "timeout_ms": 3000})
+    assert not result.is_error or text(result).startswith("bash: bash command timed out after 3s")
+    assert time.monotonic() - start < 15
+    await asyncio.sleep(1)  # let it hit the ceiling
+    assert subprocess.run(["true"], check=False, timeout=5).returncode == 0  # the host can still fork
+    if sandbox.host_uid is not None:
+        assert _processes_of(sandbox.host_uid) <= sandbox.limits.pids + 5
+    assert await ok(sandbox, "bash", {"restart": True}) == "bash session restarted"
+    assert await ok(sandbox, "bash", {"command": "/bin/echo survived"}) == "survived"
+    if sandbox.host_uid is not None:
+        await asyncio.sleep(0.2)
+        assert _processes_of(sandbox.host_uid) <= 4  # outer bwrap, inner bwrap, helper, shell
+
+
+def _processes_of(uid: int) -> int:
+    found = subprocess.run(["pgrep", "-c", "-u", str(uid)], capture_output=True, text=True, check=False)
+    return int(found.stdout.strip() or 0)
+
+
+async def test_process_count_is_capped(pool: SandboxPool) -> None:
+    sandbox = await pool.get(SandboxSpec("nproc", ""))
+    out = await ok(
+        sandbox,
+        "bash",
+        {
+            "command": "for i in $(seq 1 400); do sleep 3 >/dev/null 2>&1 & done 2>&1 "
+            "| grep -c 'retry\\|Resource temporarily' ; true"
+        },
+        timeout=20,
+    )
+    assert int(out.splitlines()[-1]) > 0
+    await ok(sandbox, "bash", {"restart": True})
+
+
+async def test_memory_hog_is_killed(pool: SandboxPool) -> None:
+    sandbox = await pool.get(SandboxSpec("memhog", ""))
+    out = await err(
+        sandbox, "bash", {"command": "python3 -c 'b = bytearray(2 * 1024**3); print(\"got\" * 2)'", "timeout_ms": 30000}
+    )
+    assert "gotgot" not in out
+    assert "Killed" in out or "MemoryError" in out
+    if sandbox.alive():
+        assert await ok(sandbox, "bash", {"command": "echo ok"}) == "ok"
+    else:
+        assert await ok(await pool.get(SandboxSpec("memhog", "")), "bash", {"command": "echo ok"}) == "ok"
+
+
+async def test_tmp_is_capped(sbx: Sandbox) -> None:
+    out = await err(sbx, "bash", {"command": "head -c 400M /dev/zero > /tmp/fill"})
+    assert "No space left on device" in out
+    await ok(sbx, "bash", {"command": "rm -f /tmp/fill"})

@@ -1,0 +1,183 @@
+"""BwrapSandbox lifecycle and the bash tool's session semantics, on real bubblewrap."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from corral.sandbox.base import Sandbox, SandboxDied, SandboxSpec, SandboxUnavailable
+from corral.sandbox.local import BwrapSandbox, check_isolation
+from corral.sandbox.pool import SandboxPool
+
+from .helpers import err, ok, text
+
+
+def test_check_isolation_reports_working_bwrap() -> None:
+    report = check_isolation()
+    assert report.ok, report.detail
+    assert report.per_sandbox_uid == (os.geteuid() == 0)
+
+
+async def test_backends_satisfy_the_sandbox_protocol(sbx: Sandbox) -> None:
+    assert isinstance(sbx, Sandbox) and sbx.alive()
+    assert sbx.spec.session_id == "shared"
+
+
+async def test_bash_runs_in_workspace_as_unprivileged_user(sbx: Sandbox) -> None:
+    out = await ok(sbx, "bash", {"command": "pwd; id -u; echo $HOME"})
+    assert out == "/workspace\n1000\n/workspace"
+
+
+async def test_bash_nonzero_exit_is_error_with_merged_output(sbx: Sandbox) -> None:
+    out = await err(
+        sbx, "bash", {"command": "echo to-stdout; echo to-stderr >&2; exit_code() { return 3; }; exit_code"}
+    )
+    assert out == "to-stdout\nto-stderr"
+
+
+async def test_bash_state_carries_over_and_restart_resets_it(sbx: Sandbox) -> None:
+    await ok(sbx, "bash", {"command": "mkdir -p sub/dir && cd sub/dir && export GREETING=hello"})
+    assert await ok(sbx, "bash", {"command": 'pwd; echo "$GREETING"'}) == "/workspace/sub/dir\nhello"
+    assert await ok(sbx, "bash", {"restart": True}) == "bash session restarted"
+    assert await ok(sbx, "bash", {"command": 'pwd; echo "[$GREETING]"'}) == "/workspace\n[]"
+
+
+async def test_bash_needs_a_command(sbx: Sandbox) -> None:
+    assert await err(sbx, "bash", {}) == "bash: command is required"
+
+
+async def test_bash_stdin_is_dev_null_and_ansi_is_stripped(sbx: Sandbox) -> None:
+    assert await ok(sbx, "bash", {"command": "cat; printf '\\033[1;31mred\\033[0m\\n'"}) == "red"
+
+
+async def test_bash_syntax_error_does_not_wedge_the_shell(sbx: Sandbox) -> None:
+    assert "unexpected EOF" in await err(sbx, "bash", {"command": "echo 'unterminated"})
+    assert await ok(sbx, "bash", {"command": "{ echo grouped; }"}) == "grouped"
+
+
+async def test_bash_timeout_kills_the_shell_and_says_so(sbx: Sandbox) -> None:
+    await ok(sbx, "bash", {"command": "cd /tmp"})
+    start = time.monotonic()
+    out = await err(sbx, "bash", {"command": "echo started; sleep 30", "timeout_ms": 500})
+    assert time.monotonic() - start < 5
+    assert out.startswith("bash: bash command timed out after 0.5s")
+    assert out.endswith("started")
+    assert await ok(sbx, "bash", {"command": "pwd"}) == "/workspace"  # a fresh shell
+
+
+async def test_bash_timeout_argument_caps_the_call(sbx: Sandbox) -> None:
+    out = await err(sbx, "bash", {"command": "sleep 30"}, timeout=0.3)
+    assert out.startswith("bash: bash command timed out after 0.3s")
+
+
+async def test_bash_exit_ends_the_shell_and_the_next_call_gets_a_new_one(sbx: Sandbox) -> None:
+    out = await err(sbx, "bash", {"command": "echo bye; exit 4"})
+    assert out.startswith("bye\n") and "status 4" in out
+    assert await ok(sbx, "bash", {"command": "echo again"}) == "again"
+
+
+async def test_bash_output_flood_is_truncated_keeping_the_tail(sbx: Sandbox) -> None:
+    out = await ok(sbx, "bash", {"command": "head -c 5242880 /dev/zero | tr '\\0' a; echo; echo THE-END"})
+    assert out.startswith("[output truncated]\n")
+    assert out.endswith("a\nTHE-END")
+    assert len(out.encode()) <= 100 * 1024 + len("[output truncated]\n")
+
+
+async def test_interrupt_stops_the_running_command(sbx: Sandbox) -> None:
+    call = asyncio.create_task(sbx.execute("bash", {"command": "sleep 30"}))
+    await asyncio.sleep(0.3)
+    start = time.monotonic()
+    await sbx.interrupt()
+    result = await asyncio.wait_for(call, 5)
+    assert time.monotonic() - start < 2
+    assert result.is_error and "interrupted" in text(result)
+    assert sbx.alive()
+    assert await ok(sbx, "bash", {"command": "echo still-here"}) == "still-here"
+
+
+async def test_interrupt_with_nothing_running_does_not_hit_the_next_call(sbx: Sandbox) -> None:
+    await sbx.interrupt()
+    assert await ok(sbx, "bash", {"command": "sleep 0.2; echo fine"}) == "fine"
+
+
+@pytest.mark.parametrize("delay", [0, 0.3], ids=["while-queued", "while-running"])
+async def test_cancelled_execute_does_not_leave_the_command_running(sbx: Sandbox, delay: float) -> None:
+    call = asyncio.create_task(sbx.execute("bash", {"command": "sleep 30"}))
+    await asyncio.sleep(0)  # the request is on its way to the helper
+    await asyncio.sleep(delay)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    start = time.monotonic()
+    assert await ok(sbx, "bash", {"command": "echo next"}) == "next"
+    assert time.monotonic() - start < 3
+
+
+async def test_pings_are_answered_during_a_long_call(sbx: Sandbox) -> None:
+    assert isinstance(sbx, BwrapSandbox)
+    call = asyncio.create_task(sbx.execute("bash", {"command": "sleep 1"}))
+    await asyncio.sleep(0.1)
+    assert sbx.busy
+    assert await sbx.ping(timeout=0.5) < 0.5
+    await call
+
+
+async def test_unknown_tool_is_an_error_result(sbx: Sandbox) -> None:
+    assert await err(sbx, "web_fetch", {"url": "http://example.com"}) == "unknown sandbox tool: web_fetch"
+
+
+async def test_killed_sandbox_raises_died_and_pool_replaces_it(pool: SandboxPool) -> None:
+    spec = SandboxSpec("killed", "")
+    first = await pool.get(spec)
+    await ok(first, "write", {"file_path": "keep.txt", "content": "survives"})
+    assert isinstance(first, BwrapSandbox)
+    call = asyncio.create_task(first.execute("bash", {"command": "sleep 30"}))
+    await asyncio.sleep(0.2)
+    os.kill(first._proc.pid, signal.SIGKILL)
+    with pytest.raises(SandboxDied):
+        await asyncio.wait_for(call, 5)
+    assert not first.alive()
+    with pytest.raises(SandboxDied):
+        await first.execute("bash", {"command": "true"})
+    second = await pool.get(spec)
+    assert second is not first and second.alive()
+    assert await ok(second, "read", {"file_path": "keep.txt"}) == "survives"
+
+
+async def test_sandbox_killed_from_inside_is_reported_dead(pool: SandboxPool) -> None:
+    sandbox = await pool.get(SandboxSpec("suicide", ""))
+    with pytest.raises(SandboxDied):
+        await sandbox.execute("bash", {"command": "kill -9 $PPID; sleep 10"})
+    assert not sandbox.alive()
+    assert await ok(await pool.get(SandboxSpec("suicide", "")), "bash", {"command": "echo back"}) == "back"
+
+
+async def test_close_is_idempotent_and_removes_the_cgroup(pool: SandboxPool) -> None:
+    sandbox = await pool.get(SandboxSpec("closer", ""))
+    assert isinstance(sandbox, BwrapSandbox)
+    dirs = list(sandbox.cgroup.dirs) if sandbox.cgroup else []
+    await sandbox.close()
+    await sandbox.close()
+    assert not sandbox.alive()
+    assert not any(d.exists() for d in dirs)
+    with pytest.raises(SandboxDied):
+        await sandbox.execute("bash", {"command": "true"})
+
+
+async def test_missing_bwrap_is_unavailable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(SandboxUnavailable, match="bubblewrap"):
+        await BwrapSandbox.start(SandboxSpec("nobwrap", str(tmp_path / "w")))
+    assert not check_isolation().ok
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="per-sandbox uids only exist when the server is root")
+async def test_unreachable_workdir_is_a_clear_error(tmp_path: Path) -> None:
+    # pytest's tmp_path lives under a 0700 directory the sandbox uid cannot traverse
+    with pytest.raises(SandboxUnavailable, match="not searchable"):
+        await BwrapSandbox.start(SandboxSpec("hidden", str(tmp_path / "workspace")))

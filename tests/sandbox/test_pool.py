@@ -1,0 +1,107 @@
+"""SandboxPool: lazy provisioning, caching, idle release, destroy, and per-session uids."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+
+from corral.sandbox.base import SandboxSpec
+from corral.sandbox.local import UID_BASE, BwrapSandbox
+from corral.sandbox.pool import SandboxPool
+
+from .helpers import ok
+
+
+async def test_get_provisions_lazily_and_caches(pool: SandboxPool) -> None:
+    assert "lazy" not in {s for s in pool._entries}
+    first, again = await asyncio.gather(pool.get(SandboxSpec("lazy", "")), pool.get(SandboxSpec("lazy", "")))
+    assert first is again
+    assert await pool.get(SandboxSpec("lazy", "")) is first
+    assert pool.workdir_for("lazy").is_dir()
+    assert first.spec.workdir == str(pool.workdir_for("lazy"))
+
+
+def test_workdir_layout_and_bad_ids(pool: SandboxPool) -> None:
+    assert pool.workdir_for("sesn_01ABC") == pool.root_dir / "sessions" / "sesn_01ABC" / "workspace"
+    for bad in ("../x", "a/b", "", ".", "x" * 200):
+        with pytest.raises(ValueError):
+            pool.workdir_for(bad)
+
+
+async def test_release_idle_keeps_workdir_and_uid(sandbox_root: Path) -> None:
+    pool = SandboxPool(sandbox_root / "idle", idle_seconds=0.2)
+    try:
+        first = await pool.get(SandboxSpec("idle", ""))
+        await ok(first, "write", {"file_path": "notes.md", "content": "kept"})
+        assert await pool.release_idle() == []
+        await asyncio.sleep(0.3)
+        busy = asyncio.create_task(first.execute("bash", {"command": "sleep 0.5"}))
+        await asyncio.sleep(0.1)
+        assert await pool.release_idle() == []  # a running call is not idleness
+        await busy
+        await asyncio.sleep(0.3)
+        assert await pool.release_idle() == ["idle"]
+        assert not first.alive() and len(pool) == 0
+        second = await pool.get(SandboxSpec("idle", ""))
+        assert second is not first
+        assert await ok(second, "read", {"file_path": "notes.md"}) == "kept"
+        assert isinstance(first, BwrapSandbox) and isinstance(second, BwrapSandbox)
+        assert first.host_uid == second.host_uid
+    finally:
+        await pool.aclose()
+
+
+async def test_destroy_removes_the_session_directory(pool: SandboxPool) -> None:
+    sandbox = await pool.get(SandboxSpec("doomed", ""))
+    await ok(sandbox, "write", {"file_path": "a/b.txt", "content": "x"})
+    await pool.destroy("doomed")
+    assert not sandbox.alive()
+    assert not pool.workdir_for("doomed").parent.exists()
+    await pool.destroy("doomed")  # idempotent
+    fresh = await pool.get(SandboxSpec("doomed", ""))
+    assert "no such file" in (await fresh.execute("read", {"file_path": "a/b.txt"})).content[0]["text"]
+
+
+async def test_destroy_can_keep_the_workdir(pool: SandboxPool) -> None:
+    sandbox = await pool.get(SandboxSpec("kept", ""))
+    await ok(sandbox, "write", {"file_path": "f", "content": "x"})
+    await pool.destroy("kept", remove_workdir=False)
+    assert (pool.workdir_for("kept") / "f").read_text() == "x"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="per-sandbox uids only exist when the server is root")
+async def test_uids_are_unique_and_reused_from_the_workdir_owner(sandbox_root: Path) -> None:
+    root = sandbox_root / "uids"
+    pool = SandboxPool(root)
+    try:
+        a = await pool.get(SandboxSpec("a", ""))
+        b = await pool.get(SandboxSpec("b", ""))
+        assert isinstance(a, BwrapSandbox) and isinstance(b, BwrapSandbox)
+        assert a.host_uid is not None and b.host_uid is not None
+        assert a.host_uid != b.host_uid and min(a.host_uid, b.host_uid) >= UID_BASE
+    finally:
+        await pool.aclose()
+    # a new pool (a server restart) finds b's workdir owned by b's uid and keeps it: no chown needed
+    restarted = SandboxPool(root)
+    try:
+        b_again = await restarted.get(SandboxSpec("b", ""))
+        assert isinstance(b_again, BwrapSandbox) and b_again.host_uid == b.host_uid
+    finally:
+        await restarted.aclose()
+
+
+async def test_closed_pool_refuses(sandbox_root: Path) -> None:
+    pool = SandboxPool(sandbox_root / "closed")
+    sandbox = await pool.get(SandboxSpec("x", ""))
+    await pool.aclose()
+    assert not sandbox.alive()
+    with pytest.raises(RuntimeError):
+        await pool.get(SandboxSpec("x", ""))
+
+
+def test_unknown_backend(sandbox_root: Path) -> None:
+    with pytest.raises(ValueError):
+        SandboxPool(sandbox_root, "docker")  # type: ignore[arg-type]
