@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +22,19 @@ API_KEY = "test-key-7f3a"
 @pytest.fixture(scope="session", params=["sqlite", "postgres"])
 def db_kind(request: pytest.FixtureRequest) -> str:
     return request.param
+
+
+@pytest.fixture(scope="session")
+def sandbox_root() -> Iterator[Path]:
+    """A world-searchable temp dir for data dirs with sandboxes.
+
+    pytest's tmp_path sits in a 0700 directory; sandboxes started as root run as their own
+    unprivileged uids, which must be able to reach their workdirs.
+    """
+    root = Path(tempfile.mkdtemp(prefix="corral-sbx-test-"))
+    os.chmod(root, 0o711)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -42,14 +58,16 @@ def fake() -> Iterator[FakeModel]:
 
 
 @pytest.fixture(scope="session")
-def agent_server(db_kind: str, fake: FakeModel, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
+def agent_server(
+    db_kind: str, fake: FakeModel, sandbox_root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerThread]:
     """A server whose workers run sessions against the scripted fake model."""
     tmp: Path = tmp_path_factory.mktemp(f"agents-{db_kind}")
     for url in database_url(db_kind, tmp):
         settings = Settings(
             database_url=url,
             api_key=API_KEY,
-            data_dir=tmp / "data",
+            data_dir=sandbox_root / f"agents-{db_kind}",
             workers=8,
             poll_interval=0.1,
             lease_seconds=5,

@@ -44,6 +44,15 @@ def _settings(database: str | None, **overrides: Any) -> Settings:
     return Settings(**values)
 
 
+SandboxOption = typer.Option(
+    None,
+    "--sandbox",
+    envvar="CORRAL_SANDBOX",
+    help="Where agent tools run: bwrap (isolated, default) or unsafe-no-isolation (trusted agents only).",
+    show_default=False,
+)
+
+
 @app.callback(invoke_without_command=True)
 def main_callback(
     ctx: typer.Context,
@@ -54,7 +63,7 @@ def main_callback(
         typer.echo(f"corral {__version__}")
         raise typer.Exit()
     if ctx.invoked_subcommand is None:
-        serve(host="127.0.0.1", port=8000, database=None, workers=None, log_level="info")
+        serve(host="127.0.0.1", port=8000, database=None, workers=None, sandbox=None, log_level="info")
 
 
 @app.command()
@@ -68,6 +77,7 @@ def serve(
         "-w",
         help="Sessions this process advances at once (default 32, or CORRAL_WORKERS; 0 = API only).",
     ),
+    sandbox: str | None = SandboxOption,
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
 ) -> None:
     """Serve the API (and run harness workers) on the embedded SQLite file or PostgreSQL."""
@@ -75,7 +85,7 @@ def serve(
 
     from .api.app import create_app
 
-    settings = _settings(database, workers=workers)
+    settings = _settings(database, workers=workers, sandbox=sandbox)
     sock = listen_socket(host, port)
     bound_port = sock.getsockname()[1]
     shown_host = f"[{host}]" if ":" in host else host
@@ -83,12 +93,19 @@ def serve(
     typer.echo(f"database: {_redact(settings.database_url)}")
     if settings.workers:
         typer.echo(f"workers: {settings.workers}; {_model_status(settings)}")
+        typer.echo(_tools_status(settings))
     else:
         typer.echo("workers: none (API only; run `corral worker` against the same database)")
     sys.stdout.flush()
     config = uvicorn.Config(create_app(settings), log_level=log_level, lifespan="on", timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
     asyncio.run(server.serve(sockets=[sock]))
+
+
+def _tools_status(settings: Settings) -> str:
+    from .sandbox.runner import SandboxToolRunner
+
+    return SandboxToolRunner.describe(settings)
 
 
 def _redact(url: str) -> str:
@@ -106,20 +123,23 @@ def worker(
     workers: int | None = typer.Option(
         None, "--workers", "-w", help="Sessions this process advances at once (default 32, or CORRAL_WORKERS)."
     ),
+    sandbox: str | None = SandboxOption,
 ) -> None:
     """Run harness workers only (no API), sharing the database with servers and other workers."""
     from .runtime import Runtime
 
-    settings = _settings(database, workers=workers)
+    settings = _settings(database, workers=workers, sandbox=sandbox)
 
     async def run() -> None:
         runtime = Runtime(settings)
         await runtime.start()
         assert runtime.workers is not None
         typer.echo(
-            f"corral worker {runtime.workers.owner} running {workers} workers on {_redact(settings.database_url)}"
+            f"corral worker {runtime.workers.owner} running {settings.workers} workers on "
+            f"{_redact(settings.database_url)}"
         )
         typer.echo(_model_status(settings))
+        typer.echo(_tools_status(settings))
         try:
             await asyncio.Event().wait()
         finally:

@@ -1,29 +1,14 @@
-"""Fixtures for the sandbox tests: a real bubblewrap pool under a world-searchable temp dir.
-
-The pool root cannot live under pytest's tmp_path when we run as root: that sits in a 0700 directory and
-each sandbox runs as its own unprivileged uid, which must be able to reach its workdir.
-"""
+"""Fixtures for the sandbox tests: a real bubblewrap pool under the world-searchable `sandbox_root`."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from corral.sandbox.base import Sandbox, SandboxSpec
 from corral.sandbox.pool import SandboxPool
-
-
-@pytest.fixture(scope="session")
-def sandbox_root() -> Iterator[Path]:
-    root = Path(tempfile.mkdtemp(prefix="corral-sbx-test-"))
-    os.chmod(root, 0o711)
-    yield root
-    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import pytest
 from corral.config import Settings
 from corral.sandbox.local import BwrapSandbox
 from corral.sandbox.pool import SandboxPool
-from corral.sandbox.toolrunner import SandboxToolRunner
+from corral.sandbox.runner import SandboxToolRunner
 from corral.schemas.sessions import Session
 
 
@@ -100,3 +100,18 @@ async def test_unsafe_backend_from_settings(tmp_path: Path) -> None:
         await r.aclose()
     with pytest.raises(ValueError):
         SandboxToolRunner.from_settings(Settings(data_dir=tmp_path, sandbox="docker"))
+
+
+async def test_a_data_dir_sandbox_users_cannot_enter_disables_tools_with_the_reason(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("only root hands sandboxes their own uids")
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    runner = SandboxToolRunner.from_settings(Settings(data_dir=private / "data", sandbox="bwrap"))
+    try:
+        assert runner.definitions == {}
+        result = await runner.run(session("run9"), "bash", {"command": "true"})
+        assert result.is_error and "sandbox users cannot enter" in result.content[0]["text"]
+        assert str(private) in result.content[0]["text"]
+    finally:
+        await runner.aclose()

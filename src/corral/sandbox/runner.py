@@ -2,8 +2,7 @@
 
 It validates the model's input against the toolset schemas, routes the six sandbox tools to the
 session's sandbox, and turns sandbox failures into error results the model can read, so a dead or
-unavailable sandbox never fails the harness step. `runtime.py` looks for this class in
-`corral.sandbox.runner`; it lives here until it is switched on there.
+unavailable sandbox never fails the harness step. `runtime.py` builds it from the settings.
 """
 
 from __future__ import annotations
@@ -11,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -45,18 +46,26 @@ class SandboxToolRunner:
         if choice not in ("bwrap", "unsafe-no-isolation"):
             raise ValueError(f"unknown sandbox {choice!r}: use 'bwrap' or 'unsafe-no-isolation'")
         backend: Backend = "unsafe" if choice == "unsafe-no-isolation" else "bwrap"
-        pool = SandboxPool(
-            Path(settings.data_dir), backend, limits=SandboxLimits(), idle_seconds=settings.sandbox_idle_seconds
-        )
+        root = Path(settings.data_dir).resolve() / "sandboxes"
+        pool = SandboxPool(root, backend, limits=SandboxLimits(), idle_seconds=settings.sandbox_idle_seconds)
         if backend == "unsafe":
             log.warning("sandbox: unsafe-no-isolation: agent tools run as this user, unconfined")
             return cls(pool)
-        report = check_isolation()
-        if not report.ok:
-            log.error("sandbox: bubblewrap is unusable here, agent tools are disabled: %s", report.detail)
-            return cls(pool, unavailable=report.detail)
-        log.info("sandbox: %s", report.detail)
+        problem = isolation_problem(root)
+        if problem:
+            log.error("sandbox: agent tools are disabled: %s", problem)
+            return cls(pool, unavailable=problem)
         return cls(pool)
+
+    @staticmethod
+    def describe(settings: Any) -> str:
+        """One line for the operator: where agent tools will run, or why they cannot (runs the check)."""
+        if str(settings.sandbox) == "unsafe-no-isolation":
+            return "tools: UNSAFE, no isolation (CORRAL_SANDBOX=unsafe-no-isolation): commands run as this user"
+        if str(settings.sandbox) != "bwrap":
+            return f"tools: disabled, unknown sandbox {settings.sandbox!r}"
+        problem = isolation_problem(Path(settings.data_dir).resolve() / "sandboxes")
+        return f"tools: disabled: {problem}" if problem else "tools: bubblewrap sandboxes (isolated, no network)"
 
     async def run(self, session: Session, name: str, tool_input: dict[str, Any]) -> ToolResult:
         if name not in SANDBOX_TOOL_NAMES:
@@ -111,3 +120,30 @@ class SandboxToolRunner:
                 continue
             if closed:
                 log.info("closed idle sandboxes: %s", ", ".join(closed))
+
+
+def isolation_problem(root: Path) -> str | None:
+    """Why bubblewrap sandboxes under `root` cannot run here, or None."""
+    report = check_isolation()
+    if not report.ok:
+        return report.detail
+    return unreachable_by_others(root) if os.geteuid() == 0 else None
+
+
+def unreachable_by_others(path: Path) -> str | None:
+    """Why sandbox uids could not reach `path` (an ancestor others may not enter), or None.
+
+    Sandboxes started by root run as their own unprivileged uids and bubblewrap binds the session's
+    workdir by path, so every existing ancestor of the data directory must be searchable by others.
+    """
+    for ancestor in reversed(path.parents):
+        try:
+            mode = ancestor.stat().st_mode
+        except FileNotFoundError:
+            break
+        if not mode & stat.S_IXOTH:
+            return (
+                f"the data directory {path.parent} is inside {ancestor} (mode {stat.filemode(mode)}), which "
+                "sandbox users cannot enter; set CORRAL_DATA_DIR to a directory outside it (e.g. /var/lib/corral)"
+            )
+    return None
