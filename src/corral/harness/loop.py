@@ -454,8 +454,7 @@ class Harness:
     async def _append(
         self, session_id: str, owner: str, events: list[Event], needs_work: bool | None = None, head: int | None = None
     ) -> None:
-        async with self.store.events.transaction() as tx:
-            await tx.append(session_id, events, needs_work=needs_work, owner=owner, decided_at=head)
+        await self.store.events.append(session_id, events, needs_work=needs_work, owner=owner, decided_at=head)
 
 
 def _idle(stop_reason: dict[str, Any]) -> SessionStatusIdle:

@@ -1,20 +1,31 @@
 """The event log: append-only, totally ordered per session, durable before it is acknowledged.
 
-Appends run inside a write transaction (`EventLog.transaction()`) that also folds each event into
-the session's derived state, so status, usage and pending work never disagree with the log. After
-the commit the hub hears about the new events; on PostgreSQL a `NOTIFY` in the same transaction
-tells other processes.
+Every append folds its events into the session's derived state in the same transaction, so status,
+usage and pending work never disagree with the log. After the commit the hub hears about the new
+events; on PostgreSQL a `NOTIFY` in the same transaction tells other processes.
+
+Two ways in: `EventLog.append` (events for one session: API sends, most harness steps) goes through
+group commit: appends queued while a commit is in flight are written together by one writer task,
+in one transaction with a constant number of statements, so throughput grows with concurrency
+instead of queueing on SQLite's single writer. `EventLog.transaction()` is the general form for
+writes that must go with other statements (harness records, processed marks, session updates).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
-from collections.abc import AsyncIterator
+import logging
+import sqlite3
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..errors import NotFound
@@ -26,6 +37,87 @@ from .derive import SessionState, apply
 from .hub import EventHub, LoggedEvent
 
 __all__ = ["EventLog", "LeaseLost", "Tx"]
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 512
+"""Appends committed together at most (bounds one transaction's size and latency)."""
+
+
+@dataclass
+class _Head:
+    """A session's row as a transaction sees it, advanced by each append folded into it."""
+
+    seq: int
+    state: SessionState
+    lease_owner: str | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> _Head:
+        return cls(
+            row.last_seq, SessionState.load(row.status, bool(row.needs_work), json.loads(row.usage)), row.lease_owner
+        )
+
+    def values(self, now: int) -> dict[str, Any]:
+        return {
+            "last_seq": self.seq,
+            "status": self.state.status,
+            "needs_work": self.state.needs_work,
+            "usage": json.dumps(self.state.usage_json(), separators=(",", ":")),
+            "updated_at": now,
+        }
+
+
+def _fold(
+    head: _Head,
+    session_id: str,
+    events: list[Event],
+    now: int,
+    needs_work: bool | None,
+    decided_at: int | None,
+) -> tuple[list[dict[str, Any]], list[LoggedEvent], bool]:
+    """Number `events` after `head`, fold them into its state: (rows to insert, logged, wakes workers)."""
+    state = head.state
+    was_pending = state.needs_work
+    start = head.seq
+    rows: list[dict[str, Any]] = []
+    logged: list[LoggedEvent] = []
+    for event in events:
+        head.seq += 1
+        wire = event.model_dump(mode="json")
+        body = json.dumps(wire, separators=(",", ":"))
+        apply(state, wire, now)
+        rows.append(
+            {
+                "session_id": session_id,
+                "seq": head.seq,
+                "id": event.id,
+                "type": wire["type"],
+                "created_at": now,
+                "processed_at": to_micros(event.processed_at) if event.processed_at else None,
+                "body": body,
+                "ref": next((wire[k] for k in _REF_FIELDS if wire.get(k)), None),
+            }
+        )
+        logged.append(LoggedEvent(seq=head.seq, type=wire["type"], json=body))
+    if needs_work is not None and not (needs_work is False and decided_at is not None and start != decided_at):
+        state.needs_work = needs_work
+    wakes = (state.needs_work and not was_pending) or any(e.type in _WAKE_AGAIN for e in logged)
+    return rows, logged, wakes
+
+
+@dataclass
+class _Pending:
+    """One queued `EventLog.append`, waiting for the writer task."""
+
+    session_id: str
+    events: list[Event]
+    needs_work: bool | None
+    owner: str | None
+    decided_at: int | None
+    future: asyncio.Future[list[LoggedEvent]]
+    logged: list[LoggedEvent] = field(default_factory=list)
+    wakes: bool = False
 
 
 @dataclass
@@ -55,65 +147,19 @@ class Tx:
         append only happens while that worker still holds the session's lease (`LeaseLost` if not).
         """
         row = (
-            await self.conn.execute(
-                select(
-                    t.sessions.c.last_seq,
-                    t.sessions.c.status,
-                    t.sessions.c.needs_work,
-                    t.sessions.c.usage,
-                    t.sessions.c.lease_owner,
-                )
-                .where(t.sessions.c.id == session_id)
-                .with_for_update()
-            )
+            await self.conn.execute(select(*_HEAD_COLUMNS).where(t.sessions.c.id == session_id).with_for_update())
         ).first()
         if row is None:
             raise NotFound("session", session_id)
         if owner is not None and row.lease_owner != owner:
             raise LeaseLost(f"worker {owner} no longer holds session {session_id}")
-        state = SessionState.load(row.status, bool(row.needs_work), json.loads(row.usage))
-        was_pending = state.needs_work
-        seq = row.last_seq
-        logged: list[LoggedEvent] = []
-        rows: list[dict[str, Any]] = []
-        for event in events:
-            seq += 1
-            wire = event.model_dump(mode="json")
-            body = json.dumps(wire, separators=(",", ":"))
-            apply(state, wire, self.now)
-            processed = to_micros(event.processed_at) if event.processed_at else None
-            rows.append(
-                {
-                    "session_id": session_id,
-                    "seq": seq,
-                    "id": event.id,
-                    "type": wire["type"],
-                    "created_at": self.now,
-                    "processed_at": processed,
-                    "body": body,
-                    "ref": next((wire[k] for k in _REF_FIELDS if wire.get(k)), None),
-                }
-            )
-            logged.append(LoggedEvent(seq=seq, type=wire["type"], json=body))
+        head = _Head.from_row(row)
+        rows, logged, wakes = _fold(head, session_id, events, self.now, needs_work, decided_at)
         if rows:
             await self.conn.execute(insert(t.events), rows)
-        if needs_work is not None and not (
-            needs_work is False and decided_at is not None and row.last_seq != decided_at
-        ):
-            state.needs_work = needs_work
-        await self.conn.execute(
-            update(t.sessions)
-            .where(t.sessions.c.id == session_id)
-            .values(
-                last_seq=seq,
-                status=state.status,
-                needs_work=state.needs_work,
-                usage=json.dumps(state.usage_json(), separators=(",", ":")),
-                updated_at=self.now,
-            )
-        )
+        await self.conn.execute(update(t.sessions).where(t.sessions.c.id == session_id).values(**head.values(self.now)))
         self.appended.setdefault(session_id, []).extend(logged)
-        if (state.needs_work and not was_pending) or any(e.type in _WAKE_AGAIN for e in logged):
+        if wakes:
             self.woken.add(session_id)
         return logged
 
@@ -130,39 +176,228 @@ class Tx:
         )
 
 
+@dataclass
+class _Plan:
+    """What one group commit writes, decided from the heads it read (pure: no I/O, no futures)."""
+
+    now: int
+    done: list[_Pending] = field(default_factory=list)
+    failed: list[tuple[_Pending, Exception]] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    heads: dict[str, _Head] = field(default_factory=dict)
+    appended: list[str] = field(default_factory=list)
+    woken: list[str] = field(default_factory=list)
+
+    @classmethod
+    def make(cls, batch: list[_Pending], heads: dict[str, _Head]) -> _Plan:
+        plan = cls(now_micros())
+        for item in batch:
+            head = heads.get(item.session_id)
+            if head is None:
+                plan.failed.append((item, NotFound("session", item.session_id)))
+                continue
+            if item.owner is not None and head.lease_owner != item.owner:
+                plan.failed.append((item, LeaseLost(f"worker {item.owner} no longer holds session {item.session_id}")))
+                continue
+            rows, item.logged, item.wakes = _fold(
+                head, item.session_id, item.events, plan.now, item.needs_work, item.decided_at
+            )
+            plan.rows.extend(rows)
+            plan.heads[item.session_id] = head
+            if item.logged and item.session_id not in plan.appended:
+                plan.appended.append(item.session_id)
+            if item.wakes and item.session_id not in plan.woken:
+                plan.woken.append(item.session_id)
+            plan.done.append(item)
+        return plan
+
+    def head_params(self) -> list[dict[str, Any]]:
+        return [
+            {"b_id": sid, **{f"b_{k}": v for k, v in head.values(self.now).items()}} for sid, head in self.heads.items()
+        ]
+
+
+def _compiled(statement: Any) -> tuple[str, tuple[str, ...]]:
+    """SQLite SQL and positional parameter names of a Core statement (the schema stays in tables.py)."""
+    compiled = statement.compile(dialect=sqlite_dialect())
+    return str(compiled), tuple(compiled.positiontup or ())
+
+
+def _write_sqlite(conn: sqlite3.Connection, batch: list[_Pending], session_ids: list[str]) -> _Plan:
+    """The group commit on SQLite: runs on the database's writer thread, inside its transaction."""
+    marks = ",".join("?" * len(session_ids))
+    found = conn.execute(_SQLITE_HEADS.format(marks=marks), session_ids).fetchall()
+    plan = _Plan.make(batch, {row[0]: _Head.from_row(_HeadRow(*row)) for row in found})
+    if plan.rows:
+        conn.executemany(_SQLITE_INSERT[0], [tuple(r[k] for k in _SQLITE_INSERT[1]) for r in plan.rows])
+    if plan.heads:
+        conn.executemany(_SQLITE_UPDATE[0], [tuple(p[k] for k in _SQLITE_UPDATE[1]) for p in plan.head_params()])
+    return plan
+
+
+def _fail(batch: list[_Pending], exc: BaseException) -> None:
+    for item in batch:
+        if not item.future.done():
+            item.future.set_exception(exc)
+
+
 class LeaseLost(RuntimeError):
     """The worker's lease on a session expired and another worker may have it: stop touching it."""
 
 
+class _HeadRow(NamedTuple):
+    id: str
+    last_seq: int
+    status: str
+    needs_work: int
+    usage: str
+    lease_owner: str | None
+
+
 _WAKE_AGAIN = frozenset({"user.interrupt"})
 _REF_FIELDS = ("tool_use_id", "custom_tool_use_id", "mcp_tool_use_id")
+_HEAD_COLUMNS = (
+    t.sessions.c.id,
+    t.sessions.c.last_seq,
+    t.sessions.c.status,
+    t.sessions.c.needs_work,
+    t.sessions.c.usage,
+    t.sessions.c.lease_owner,
+)
+_UPDATE_HEAD = (
+    update(t.sessions)
+    .where(t.sessions.c.id == bindparam("b_id"))
+    .values(
+        last_seq=bindparam("b_last_seq"),
+        status=bindparam("b_status"),
+        needs_work=bindparam("b_needs_work"),
+        usage=bindparam("b_usage"),
+        updated_at=bindparam("b_updated_at"),
+    )
+)
+_HEAD_NAMES = ", ".join(c.name for c in _HEAD_COLUMNS)
+_SQLITE_HEADS = f"SELECT {_HEAD_NAMES} FROM {t.sessions.name} WHERE {t.sessions.c.id.name} IN ({{marks}})"
+_SQLITE_INSERT = _compiled(insert(t.events).values({c.name: bindparam(c.name) for c in t.events.c}))
+_SQLITE_UPDATE = _compiled(_UPDATE_HEAD)
 
 
 class EventLog:
     def __init__(self, db: Database, hub: EventHub) -> None:
         self.db = db
         self.hub = hub
+        self._queue: list[_Pending] = []
+        self._writer: asyncio.Task[None] | None = None
+        self._wakeup: asyncio.Event | None = None
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Tx]:
         async with self.db.write() as conn:
             tx = Tx(conn)
             yield tx
-            if not self.db.is_sqlite:
-                for session_id in tx.appended:
-                    await conn.execute(select(func.pg_notify("corral_events", session_id)))
-                for session_id in tx.woken:
-                    await conn.execute(select(func.pg_notify("corral_wake", session_id)))
+            await self._notify(conn, tx.appended, tx.woken)
         for session_id, logged in tx.appended.items():
             self.hub.published(session_id, logged)
         for session_id in tx.woken:
             self.hub.wake(session_id)
 
+    async def _notify(self, conn: AsyncConnection, appended: Iterable[str], woken: Iterable[str]) -> None:
+        """Tell other processes (PostgreSQL): delivered on commit, dropped on rollback."""
+        if self.db.is_sqlite:
+            return
+        for channel, ids in (("corral_events", appended), ("corral_wake", woken)):
+            for session_id in ids:
+                await conn.execute(select(func.pg_notify(channel, session_id)))
+
     async def append(
-        self, session_id: str, events: list[Event], *, needs_work: bool | None = None
+        self,
+        session_id: str,
+        events: list[Event],
+        *,
+        needs_work: bool | None = None,
+        owner: str | None = None,
+        decided_at: int | None = None,
     ) -> list[LoggedEvent]:
-        async with self.transaction() as tx:
-            return await tx.append(session_id, events, needs_work=needs_work)
+        """Append `events` to one session's log (see `Tx.append` for the options); returns them as logged.
+
+        Returns once they are committed. Appends queued meanwhile by other tasks are committed in the
+        same transaction; each one still succeeds or fails (`NotFound`, `LeaseLost`) on its own.
+        """
+        future: asyncio.Future[list[LoggedEvent]] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(session_id, events, needs_work, owner, decided_at, future))
+        self._ensure_writer()
+        assert self._wakeup is not None
+        self._wakeup.set()
+        return await asyncio.shield(future)
+
+    def _ensure_writer(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._writer is None or self._writer.done() or self._writer.get_loop() is not loop:
+            self._wakeup = asyncio.Event()
+            self._writer = loop.create_task(self._write_forever(), name="corral-event-writer")
+
+    async def _write_forever(self) -> None:
+        assert self._wakeup is not None
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._queue:
+                batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+                try:
+                    await self._commit(batch)
+                except Exception as exc:
+                    if len(batch) == 1:
+                        _fail(batch, exc)
+                        continue
+                    # Isolate the culprit: commit each append still waiting on its own.
+                    log.warning("group commit of %d appends failed (%s); retrying them one by one", len(batch), exc)
+                    for one in batch:
+                        if one.future.done():
+                            continue
+                        try:
+                            await self._commit([one])
+                        except Exception as one_exc:
+                            _fail([one], one_exc)
+                except BaseException as exc:
+                    _fail(batch, exc)
+                    raise
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        """Write `batch` in one transaction: read the heads, fold, one INSERT, one UPDATE."""
+        session_ids = sorted({item.session_id for item in batch})  # sorted: a stable lock order
+        if self.db.is_sqlite:
+            try:
+                plan = await self.db.run_sqlite_write(lambda conn: _write_sqlite(conn, batch, session_ids))
+            except sqlite3.Error as e:  # the same exception types as the SQLAlchemy paths raise
+                raise DBAPIError.instance(None, None, e, sqlite3.Error) from e
+        else:
+            async with self.db.write() as conn:
+                query = select(*_HEAD_COLUMNS).where(t.sessions.c.id.in_(session_ids)).order_by(t.sessions.c.id)
+                rows = await conn.execute(query.with_for_update())
+                plan = _Plan.make(batch, {row.id: _Head.from_row(row) for row in rows})
+                if plan.rows:
+                    await conn.execute(insert(t.events), plan.rows)
+                if plan.heads:
+                    await conn.execute(_UPDATE_HEAD, plan.head_params())
+                await self._notify(conn, plan.appended, plan.woken)
+        for item, exc in plan.failed:
+            _fail([item], exc)
+        for item in plan.done:
+            if item.logged:
+                self.hub.published(item.session_id, item.logged)
+            if not item.future.done():
+                item.future.set_result(item.logged)
+        for session_id in plan.woken:
+            self.hub.wake(session_id)
+
+    async def aclose(self) -> None:
+        """Stop the writer task once everything queued is committed."""
+        while self._queue and self._writer is not None and not self._writer.done():
+            await asyncio.sleep(0.001)
+        if self._writer is not None and not self._writer.done():
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+        self._writer = None
 
     async def read(
         self,

@@ -34,4 +34,5 @@ class Store:
         await upgrade(self.db)
 
     async def close(self) -> None:
+        await self.events.aclose()
         await self.db.dispose()
