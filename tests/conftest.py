@@ -15,6 +15,7 @@ from corral.config import Settings
 
 from .fake_model import FakeModel
 from .servers import ServerThread, database_url
+from .web_site import WebSite
 
 API_KEY = "test-key-7f3a"
 
@@ -58,8 +59,14 @@ def fake() -> Iterator[FakeModel]:
 
 
 @pytest.fixture(scope="session")
+def web_site() -> Iterator[WebSite]:
+    with WebSite() as site:
+        yield site
+
+
+@pytest.fixture(scope="session")
 def agent_server(
-    db_kind: str, fake: FakeModel, sandbox_root: Path, tmp_path_factory: pytest.TempPathFactory
+    db_kind: str, fake: FakeModel, sandbox_root: Path, web_site: WebSite, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerThread]:
     """A server whose workers run sessions against the scripted fake model."""
     tmp: Path = tmp_path_factory.mktemp(f"agents-{db_kind}")
@@ -79,6 +86,8 @@ def agent_server(
             model_max_retries=2,
             compact_at_tokens=5_000,
             model_prices={"claude-budget": [1_000_000.0, 1_000_000.0, 0.0, 0.0]},
+            searxng_url=web_site.url,
+            web_fetch_allowed_networks=["127.0.0.0/8"],
         )
         srv = ServerThread(settings).start()
         try:

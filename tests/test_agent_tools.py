@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from typing import Any
 
 import anthropic
 
@@ -14,6 +15,10 @@ from .servers import ServerThread
 from .turns import new_session, text, turn, types
 
 TOOLSET = {"type": "agent_toolset_20260401"}
+
+
+def sandbox_pool(server: ServerThread) -> Any:
+    return next(r.pool for r in server.runtime.tools.runners if hasattr(r, "pool"))
 
 
 def result_texts(events: list) -> list[tuple[bool, str]]:
@@ -32,7 +37,7 @@ def test_tools_run_in_the_sessions_sandbox_and_state_carries_over(
     agents: anthropic.Anthropic, fake: FakeModel, agent_server: ServerThread
 ) -> None:
     session = new_session(agents, tools=[TOOLSET])
-    pool = agent_server.runtime.tools.pool
+    pool = sandbox_pool(agent_server)
     assert pool.current(session.id) is None  # lazy: nothing provisioned before a tool call
     fake.reply(
         tool_use=[
@@ -82,7 +87,7 @@ def test_a_killed_sandbox_is_an_error_result_and_the_next_call_gets_a_fresh_one(
     agents: anthropic.Anthropic, fake: FakeModel, agent_server: ServerThread
 ) -> None:
     session = new_session(agents, tools=[TOOLSET])
-    pool = agent_server.runtime.tools.pool
+    pool = sandbox_pool(agent_server)
     fake.reply(tool_use=[("bash", {"command": "echo kept > kept.txt; echo $$"})])
     fake.reply(tool_use=[("bash", {"command": "sleep 30"})])
     fake.reply(tool_use=[("bash", {"command": "cat kept.txt"})])

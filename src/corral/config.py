@@ -95,6 +95,16 @@ class Settings(BaseSettings):
         description="Where agent-toolset tools run: `bwrap` (isolated, default), or `unsafe-no-isolation` "
         "(plain processes on this machine: only for trusted agents on machines without user namespaces).",
     )
+    searxng_url: str | None = Field(
+        default=None,
+        description="A SearXNG instance (JSON format enabled) that answers the `web_search` tool; "
+        "without one, `web_search` returns an error result.",
+    )
+    web_fetch_allowed_networks: list[str] | None = Field(
+        default=None,
+        description='Non-public networks `web_fetch` may reach anyway, as JSON, e.g. `["10.0.0.0/8"]` '
+        "(by default it refuses loopback, private and link-local addresses).",
+    )
     sandbox_idle_seconds: float = Field(
         default=600.0, description="Close an idle session's sandbox after this long (its files are kept).", gt=0
     )

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 
 from .config import Settings
 from .harness.loop import Harness
-from .harness.tools import NoTools, ToolRunner
+from .harness.tools import NoTools, ToolRouter, ToolRunner
 from .harness.worker import WorkerPool
 from .models.base import ModelClient
 from .models.router import ModelRouter
@@ -53,11 +53,15 @@ class Runtime:
         )
 
     def tool_runner(self) -> ToolRunner:
-        try:
-            from .sandbox.runner import SandboxToolRunner
-        except ImportError:
-            return NoTools("no sandbox backend is installed")
-        return SandboxToolRunner.from_settings(self.settings)
+        """Sandbox tools in the session's sandbox, web tools in this process."""
+        from .sandbox.runner import SandboxToolRunner
+        from .tools.web import WebTools
+
+        runners: list[ToolRunner] = [
+            SandboxToolRunner.from_settings(self.settings),
+            WebTools.from_settings(self.settings),
+        ]
+        return ToolRouter(runners, NoTools("it is not available in this deployment"))
 
     async def start_workers(self, count: int) -> None:
         self.model = self.model or self.model_client()

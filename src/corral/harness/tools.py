@@ -7,7 +7,7 @@ from typing import Any, Protocol
 from ..sandbox.base import ToolResult
 from ..schemas.sessions import Session
 
-__all__ = ["NoTools", "ToolRunner"]
+__all__ = ["NoTools", "ToolRouter", "ToolRunner"]
 
 
 class ToolRunner(Protocol):
@@ -44,3 +44,38 @@ class NoTools:
 
     async def aclose(self) -> None:
         return None
+
+
+class ToolRouter:
+    """Several runners as one: each tool name goes to the first runner that defines it.
+
+    The sandbox runner takes the sandbox tools; `WebTools` (tools/web.py) takes `web_fetch` and
+    `web_search`, which run in the worker rather than in a sandbox.
+    """
+
+    def __init__(self, runners: list[ToolRunner], fallback: ToolRunner) -> None:
+        self.runners = runners
+        self.fallback = fallback
+        """Answers tools no runner defines (with an error result that says why)."""
+        self.definitions: dict[str, dict[str, Any]] = {}
+        self._by_name: dict[str, ToolRunner] = {}
+        for runner in runners:
+            for name, definition in runner.definitions.items():
+                if name not in self._by_name:
+                    self._by_name[name] = runner
+                    self.definitions[name] = definition
+
+    async def run(self, session: Session, name: str, tool_input: dict[str, Any]) -> ToolResult:
+        return await self._by_name.get(name, self.fallback).run(session, name, tool_input)
+
+    async def interrupt(self, session_id: str) -> None:
+        for runner in self.runners:
+            await runner.interrupt(session_id)
+
+    async def release(self, session_id: str) -> None:
+        for runner in self.runners:
+            await runner.release(session_id)
+
+    async def aclose(self) -> None:
+        for runner in self.runners:
+            await runner.aclose()
