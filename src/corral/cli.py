@@ -1,4 +1,5 @@
-"""The `corral` command: `corral serve` (the default), `corral migrate`, `corral keys`, `corral agents`."""
+"""The `corral` command: `corral serve` (the default), `corral migrate`, `corral keys`, `corral agents`,
+`corral demo`."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import yaml
 
 from . import __version__
 from .config import Settings
+from .demo import DEMO_AGENT, run_demo
 from .listen import listen_socket
 
 app = typer.Typer(
@@ -271,6 +273,52 @@ def agents_update(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     typer.echo(json.dumps(agent.model_dump(mode="json"), indent=2))
+
+
+@app.command()
+def demo(
+    url: str = typer.Option("http://127.0.0.1:8000", "--url", help="Base URL of a running corral server."),
+    api_key: str | None = typer.Option(
+        None,
+        "--api-key",
+        envvar="CORRAL_API_KEY",
+        help="API key for the server, if it requires one.",
+        show_default=False,
+    ),
+    message: str = typer.Option(
+        "Hello! What is in your workspace?", "--message", "-m", help="The user message to send."
+    ),
+    file: str | None = typer.Option(
+        None,
+        "--file",
+        "-f",
+        help="Agent definition (YAML/JSON, as for `agents create`) to use instead of the built-in demo agent.",
+        show_default=False,
+    ),
+    model: str | None = typer.Option(
+        None,
+        "--model",
+        help="Model id to use instead of the definition's (e.g. claude-sonnet-4-6).",
+        show_default=False,
+    ),
+    timeout: float = typer.Option(300.0, "--timeout", help="Seconds to wait for the session to go idle."),
+) -> None:
+    """Run one session end to end against a running server and print its events as they stream."""
+    try:
+        definition = dict(_load_definition(file) if file else DEMO_AGENT)
+    except (OSError, yaml.YAMLError) as exc:
+        typer.echo(f"error: cannot read {file}: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    if model:
+        definition["model"] = model
+    if not isinstance(definition.get("name"), str) or not definition.get("model"):
+        typer.echo("error: the agent definition needs a name and a model", err=True)
+        raise typer.Exit(1)
+    try:
+        code = asyncio.run(run_demo(url, api_key, message, definition, timeout))
+    except KeyboardInterrupt:
+        code = 130
+    raise typer.Exit(code)
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ DEFAULT_PRICES: dict[str, tuple[float, float, float, float]] = {
     "claude-opus": (5.0, 25.0, 0.5, 6.25),
     "claude-sonnet": (3.0, 15.0, 0.3, 3.75),
     "claude-haiku": (1.0, 5.0, 0.1, 1.25),
+    "corral-demo": (0.0, 0.0, 0.0, 0.0),  # the offline demo model (models/demo.py) is free
 }
 
 

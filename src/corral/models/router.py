@@ -1,7 +1,8 @@
 """One `ModelClient` that picks the backend from the model id.
 
 Agents name their model by id only (`claude-...`, `openai/qwen3-32b`), so the prefix is the routing
-key: ids starting with an OpenAI prefix go, prefix stripped, to the OpenAI-compatible server;
+key: ids starting with `corral-demo` go to the built-in offline demo model (`models/demo.py`: no key,
+no network); ids starting with an OpenAI prefix go, prefix stripped, to the OpenAI-compatible server;
 everything else goes to Anthropic. Backends are created on first use, so a deployment pays only for
 the ones it uses (importing the Anthropic SDK alone takes seconds).
 """
@@ -14,9 +15,11 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from corral.models.base import ModelClient, ModelError, ModelRequest, StreamItem
+from corral.models.demo import DEMO_PREFIX
 
 if TYPE_CHECKING:
     from corral.models.anthropic import AnthropicClient
+    from corral.models.demo import DemoModel
     from corral.models.openai_compat import OpenAICompatClient
 
 __all__ = ["ModelRouter"]
@@ -25,7 +28,7 @@ _DEFAULT_ANTHROPIC_URL = "https://api.anthropic.com"
 
 
 class ModelRouter:
-    """Routes each request to the Anthropic or the OpenAI-compatible client; shares both clients."""
+    """Routes each request to the demo model, the Anthropic or the OpenAI-compatible client; shares them."""
 
     def __init__(
         self,
@@ -43,6 +46,7 @@ class ModelRouter:
         self.openai_prefixes = openai_prefixes
         self._anthropic: AnthropicClient | None = None
         self._openai: OpenAICompatClient | None = None
+        self._demo: DemoModel | None = None
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[StreamItem]:
         client, model = self._route(request.model)
@@ -56,8 +60,8 @@ class ModelRouter:
                 await aclose()
 
     async def aclose(self) -> None:
-        clients: list[ModelClient] = [c for c in (self._anthropic, self._openai) if c is not None]
-        self._anthropic = self._openai = None
+        clients: list[ModelClient] = [c for c in (self._anthropic, self._openai, self._demo) if c is not None]
+        self._anthropic = self._openai = self._demo = None
         for client in clients:
             await client.aclose()
 
@@ -79,7 +83,8 @@ class ModelRouter:
         if not self.configured:
             return (
                 "no model configured: set ANTHROPIC_API_KEY, or CORRAL_OPENAI_BASE_URL for an "
-                f"OpenAI-compatible server (then use model ids starting with {prefixes})"
+                f"OpenAI-compatible server (then use model ids starting with {prefixes}); meanwhile the "
+                f"offline demo model '{DEMO_PREFIX}' works without either: try `corral demo`"
             )
         anthropic_url = self.anthropic_base_url or os.environ.get("ANTHROPIC_BASE_URL") or _DEFAULT_ANTHROPIC_URL
         if not self.openai_base_url:
@@ -92,6 +97,8 @@ class ModelRouter:
         return f"models: Anthropic API at {anthropic_url}; {openai}"
 
     def _route(self, model: str) -> tuple[ModelClient, str]:
+        if model.startswith(DEMO_PREFIX):
+            return self._demo_client(), model
         for prefix in self.openai_prefixes:
             if model.startswith(prefix):
                 return self._openai_client(), model.removeprefix(prefix)
@@ -110,6 +117,13 @@ class ModelRouter:
 
             self._openai = OpenAICompatClient(self.openai_base_url, api_key=self.openai_api_key)
         return self._openai
+
+    def _demo_client(self) -> DemoModel:
+        if self._demo is None:
+            from corral.models.demo import DemoModel
+
+            self._demo = DemoModel()
+        return self._demo
 
     def _anthropic_client(self) -> AnthropicClient:
         if self._anthropic is None:
