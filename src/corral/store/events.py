@@ -149,11 +149,11 @@ class Tx:
         row = (
             await self.conn.execute(select(*_HEAD_COLUMNS).where(t.sessions.c.id == session_id).with_for_update())
         ).first()
-        if row is None:
-            raise NotFound("session", session_id)
-        if owner is not None and row.lease_owner != owner:
-            raise LeaseLost(f"worker {owner} no longer holds session {session_id}")
-        head = _Head.from_row(row)
+        head = None if row is None else _Head.from_row(row)
+        refusal = _refusal(head, session_id, owner)
+        if refusal is not None:
+            raise refusal
+        assert head is not None
         rows, logged, wakes = _fold(head, session_id, events, self.now, needs_work, decided_at)
         if rows:
             await self.conn.execute(insert(t.events), rows)
@@ -193,12 +193,11 @@ class _Plan:
         plan = cls(now_micros())
         for item in batch:
             head = heads.get(item.session_id)
-            if head is None:
-                plan.failed.append((item, NotFound("session", item.session_id)))
+            refusal = _refusal(head, item.session_id, item.owner)
+            if refusal is not None:
+                plan.failed.append((item, refusal))
                 continue
-            if item.owner is not None and head.lease_owner != item.owner:
-                plan.failed.append((item, LeaseLost(f"worker {item.owner} no longer holds session {item.session_id}")))
-                continue
+            assert head is not None
             rows, item.logged, item.wakes = _fold(
                 head, item.session_id, item.events, plan.now, item.needs_work, item.decided_at
             )
@@ -233,6 +232,15 @@ def _write_sqlite(conn: sqlite3.Connection, batch: list[_Pending], session_ids: 
     if plan.heads:
         conn.executemany(_SQLITE_UPDATE[0], [tuple(p[k] for k in _SQLITE_UPDATE[1]) for p in plan.head_params()])
     return plan
+
+
+def _refusal(head: _Head | None, session_id: str, owner: str | None) -> Exception | None:
+    """Why an append may not go ahead: the session is gone, or `owner` no longer holds its lease."""
+    if head is None:
+        return NotFound("session", session_id)
+    if owner is not None and head.lease_owner != owner:
+        return LeaseLost(f"worker {owner} no longer holds session {session_id}")
+    return None
 
 
 def _fail(batch: list[_Pending], exc: BaseException) -> None:
