@@ -128,3 +128,31 @@ def test_confirmed_tool_call_runs_after_allow(agents: anthropic.Anthropic, fake:
         agents, session.id, [{"type": "user.tool_confirmation", "tool_use_id": read_use.id, "result": "allow"}]
     )
     assert "approved" in result_texts(third)[0][1]
+
+
+def test_the_environments_networking_governs_the_sandboxs_egress(
+    agents: anthropic.Anthropic, fake: FakeModel, agent_server: ServerThread
+) -> None:
+    """`limited` refuses what allowed_hosts does not list, with a 403 the agent can read; whatever the
+    policy, the proxy never opens the host's loopback (here: the corral API itself)."""
+    agent = agents.beta.agents.create(name="egress", model="claude-sonnet-4-6", tools=[TOOLSET])
+    limited = agents.beta.environments.create(
+        name=f"env-limited-{time.time_ns()}",
+        config={"type": "cloud", "networking": {"type": "limited", "allowed_hosts": ["api.example.com"]}},
+    )
+    session = agents.beta.sessions.create(agent=agent.id, environment_id=limited.id)
+    fetch = "curl -sS http://blocked.example/data; curl -sS https://pypi.org/ 2>&1"
+    fake.reply(tool_use=[("bash", {"command": fetch})])
+    fake.respond_with(echo_results)
+    ((failed, output),) = result_texts(turn(agents, session.id, [text("fetch")], timeout=30))
+    assert "blocked.example is not in its allowed_hosts (api.example.com)" in output
+    assert "CONNECT tunnel failed, response 403" in output and failed
+
+    api = f"http://127.0.0.1:{agent_server.port}/health"
+    session = new_session(agents, tools=[TOOLSET])  # unrestricted
+    fake.reply(tool_use=[("bash", {"command": f"curl -sS {api}; curl -sS --noproxy '' {api}"})])
+    fake.respond_with(echo_results)
+    ((_, output),) = result_texts(turn(agents, session.id, [text("poke the host")], timeout=30))
+    assert "Couldn't connect to server" in output  # direct: the sandbox's own loopback
+    assert "127.0.0.1 is a loopback address" in output  # through the proxy: refused
+    assert '"status"' not in output

@@ -108,6 +108,12 @@ class Settings(BaseSettings):
     sandbox_idle_seconds: float = Field(
         default=600.0, description="Close an idle session's sandbox after this long (its files are kept).", gt=0
     )
+    sandbox_egress_allowed_networks: list[str] | None = Field(
+        default=None,
+        description="Non-public networks the sandboxes' egress proxy may connect to anyway, as JSON, e.g. "
+        '`["10.0.0.0/8"]` (by default it refuses loopback, private and link-local addresses, whatever the '
+        "environment's networking says).",
+    )
 
     @property
     def async_database_url(self) -> str:

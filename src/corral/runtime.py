@@ -58,7 +58,7 @@ class Runtime:
         from .tools.web import WebTools
 
         runners: list[ToolRunner] = [
-            SandboxToolRunner.from_settings(self.settings),
+            SandboxToolRunner.from_settings(self.settings, environments=self.store.environments.get),
             WebTools.from_settings(self.settings),
         ]
         return ToolRouter(runners, NoTools("it is not available in this deployment"))

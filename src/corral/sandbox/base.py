@@ -33,7 +33,10 @@ class SandboxSpec:
     workdir: str
     """Host directory holding the session's persistent working directory (mounted at /workspace)."""
     networking: dict[str, Any] = field(default_factory=lambda: {"type": "unrestricted"})
-    """The environment's `config.networking` object."""
+    """The environment's `config.networking` object, applied by the egress proxy (`egress.py`). A `type`
+    other than `unrestricted`/`limited` means no network at all (its `reason` says why)."""
+    mcp_server_urls: tuple[str, ...] = ()
+    """URLs of the agent's MCP servers: their hosts are reachable under `limited` + `allow_mcp_servers`."""
     packages: dict[str, list[str]] = field(default_factory=dict)
     """The environment's `config.packages` lists (apt, pip, npm, ...)."""
     env: dict[str, str] = field(default_factory=dict)

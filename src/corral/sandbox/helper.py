@@ -12,7 +12,8 @@ Protocol: one JSON object per line in each direction.
   -> {"op": "interrupt"}                     every call received so far answers "... interrupted"
 EOF on stdin kills the shell and exits. Calls run one at a time on the main thread; a reader thread
 answers pings and handles interrupts. glob/grep walks run in a forked child, so that a runaway regex
-(which holds the GIL) can be killed without starving the reader.
+(which holds the GIL) can be killed without starving the reader. With `--proxy-socket PATH`, a third
+thread relays TCP connections on 127.0.0.1:`--proxy-port` to the host's egress proxy (helper_net.py).
 """
 
 from __future__ import annotations
@@ -34,18 +35,40 @@ import time
 ANSI = re.compile(rb"\x1b\[[0-9;?]*[ -/]*[@-~]")
 
 
-def load_file_tools():
-    """helper_files.py from beside this file, by path: `-I` keeps our directory off sys.path."""
+def load_sibling(name: str):
+    """`name`.py from beside this file, by path: `-I` keeps our directory off sys.path."""
     import importlib.util
 
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "helper_files.py")
-    spec = importlib.util.spec_from_file_location("corral_helper_files", path)
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), name + ".py")
+    spec = importlib.util.spec_from_file_location("corral_" + name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-files = load_file_tools()
+def start_forwarder(port: int, path: str) -> None:
+    """Listen on 127.0.0.1:`port` now (~0.2 ms, so it exists before any command runs); a daemon thread
+    waits for the first connection, then loads helper_net.py and relays every connection to the egress
+    proxy's Unix socket at `path`. `_socket`, not `socket`: importing socket costs ~2 ms."""
+    import _socket
+
+    listener = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
+    listener.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", port))
+    listener.listen(128)
+
+    def run() -> None:
+        try:
+            select.select([listener], [], [])
+            load_sibling("helper_net").Forwarder(listener, path).run()
+        except BaseException as e:  # never leave connections hanging in a backlog nobody accepts
+            sys.stderr.write(f"helper: egress forwarder stopped: {e!r}\n")
+            listener.close()
+
+    threading.Thread(target=run, name="egress-forwarder", daemon=True).start()
+
+
+files = load_sibling("helper_files")
 ToolError = files.ToolError
 
 
@@ -348,14 +371,24 @@ class Helper:
 
 
 def main() -> None:
-    """`helper.py [--workdir DIR] [--output-limit BYTES] [--timeout SECONDS]` (hand-parsed: no argparse)."""
-    opts = {"--workdir": "/workspace", "--output-limit": str(100 * 1024), "--timeout": "120"}
+    """`helper.py [--workdir DIR] [--output-limit BYTES] [--timeout SECONDS] [--proxy-socket PATH
+    --proxy-port PORT]` (hand-parsed: no argparse). With a proxy socket, the forwarder listens before the
+    first reply, so every command sees it."""
+    opts = {
+        "--workdir": "/workspace",
+        "--output-limit": str(100 * 1024),
+        "--timeout": "120",
+        "--proxy-socket": "",
+        "--proxy-port": "3128",
+    }
     argv = sys.argv[1:]
     for i in range(0, len(argv) - 1, 2):
         if argv[i] not in opts:
             sys.exit(f"helper.py: unknown option {argv[i]}")
         opts[argv[i]] = argv[i + 1]
     os.chdir(opts["--workdir"])
+    if opts["--proxy-socket"]:
+        start_forwarder(int(opts["--proxy-port"]), opts["--proxy-socket"])
     Helper(opts["--workdir"], int(opts["--output-limit"]), float(opts["--timeout"])).serve()
 
 

@@ -14,10 +14,12 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Literal
 
 from corral.sandbox.base import Sandbox, SandboxSpec
+from corral.sandbox.egress import EgressProxy
 from corral.sandbox.limits import SandboxLimits
 from corral.sandbox.local import UID_BASE, UID_COUNT, BwrapSandbox, IsolationReport, check_isolation
 from corral.sandbox.unsafe import UnsafeSandbox
@@ -48,7 +50,10 @@ class SandboxPool:
         idle_seconds: float = 600.0,
         uid_base: int = UID_BASE,
         uid_count: int = UID_COUNT,
+        egress: EgressProxy | bool = True,
     ) -> None:
+        """`egress`: the proxy that carries the sandboxes' traffic (True: a default one, started with the
+        first sandbox; False: sandboxes get no network at all, whatever their environment says)."""
         if backend not in ("bwrap", "unsafe"):
             raise ValueError(f"unknown sandbox backend {backend!r} (expected 'bwrap' or 'unsafe')")
         self.root_dir = Path(root_dir).resolve()
@@ -60,16 +65,19 @@ class SandboxPool:
         self._entries: dict[str, _Entry] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._closed = False
+        self.egress: EgressProxy | None = EgressProxy() if egress is True else egress or None
 
     def workdir_for(self, session_id: str) -> Path:
         if not _SESSION_ID.match(session_id):
             raise ValueError(f"session id {session_id!r} cannot name a directory")
         return self.root_dir / "sessions" / session_id / "workspace"
 
-    async def get(self, spec: SandboxSpec) -> Sandbox:
+    async def get(self, spec: SandboxSpec, *, make_spec: Callable[[], Awaitable[SandboxSpec]] | None = None) -> Sandbox:
         """The session's live sandbox, provisioning one (or replacing a dead one) as needed.
 
-        An empty `spec.workdir` means "the pool's workdir for this session".
+        An empty `spec.workdir` means "the pool's workdir for this session". `make_spec`, when given, is
+        awaited only when a sandbox must be provisioned, and its spec is used instead of `spec` (so the
+        environment is read once per sandbox, not once per call).
         """
         if self._closed:
             raise RuntimeError("sandbox pool is closed")
@@ -87,6 +95,8 @@ class SandboxPool:
                 log.info("sandbox for %s is dead; provisioning a new one", spec.session_id)
                 self._entries.pop(spec.session_id)
                 await entry.sandbox.close()
+            if make_spec is not None:
+                spec = await make_spec()
             sandbox = await self._provision(spec)
             self._entries[spec.session_id] = _Entry(sandbox, time.monotonic())
             return sandbox
@@ -98,7 +108,7 @@ class SandboxPool:
             return await UnsafeSandbox.start(spec, self.limits)
         await asyncio.to_thread(self._make_dirs, Path(spec.workdir).parent)
         uid = self._uid_for(spec.session_id, Path(spec.workdir)) if os.geteuid() == 0 else None
-        return await BwrapSandbox.start(spec, self.limits, host_uid=uid)
+        return await BwrapSandbox.start(spec, self.limits, host_uid=uid, egress=self.egress)
 
     def _make_dirs(self, session_dir: Path) -> None:
         """Create the pool's directories searchable but unlistable (0711): sandboxes run as other uids."""
@@ -156,6 +166,8 @@ class SandboxPool:
         self._closed = True
         entries, self._entries = list(self._entries.values()), {}
         await asyncio.gather(*(e.sandbox.close() for e in entries), return_exceptions=True)
+        if self.egress is not None:
+            await self.egress.aclose()
 
     def current(self, session_id: str) -> Sandbox | None:
         """The session's sandbox if one is provisioned (alive or not), without starting one."""

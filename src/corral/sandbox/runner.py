@@ -3,6 +3,13 @@
 It validates the model's input against the toolset schemas, routes the six sandbox tools to the
 session's sandbox, and turns sandbox failures into error results the model can read, so a dead or
 unavailable sandbox never fails the harness step. `runtime.py` builds it from the settings.
+
+Networking: when a session's sandbox is provisioned, the runner reads the session's environment (through
+the `environments` loader it was given) and puts its `config.networking` in the `SandboxSpec`; the pool's
+egress proxy applies it to that sandbox for as long as it lives. So a change to an environment's
+networking applies from the next sandbox provisioned for a session (after an idle close, a dead sandbox,
+or a new session), never to one already running, as the API says ("config changes affect only new
+containers").
 """
 
 from __future__ import annotations
@@ -12,10 +19,12 @@ import contextlib
 import logging
 import os
 import stat
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from corral.sandbox.base import SandboxDied, SandboxSpec, SandboxUnavailable, ToolResult
+from corral.sandbox.egress import EgressProxy
 from corral.sandbox.limits import SandboxLimits
 from corral.sandbox.pool import Backend, SandboxPool, check_isolation
 from corral.schemas.sessions import Session
@@ -27,12 +36,20 @@ log = logging.getLogger(__name__)
 
 SANDBOX_TOOL_NAMES = tuple(name for name, tool in TOOLS.items() if tool.in_sandbox)
 
+EnvironmentLoader = Callable[[str], Awaitable[Any]]
+"""`environment id -> Environment` (schemas/environments.py), e.g. `store.environments.get`."""
+
 
 class SandboxToolRunner:
     """Runs agent-toolset calls in per-session sandboxes; reaps idle ones in the background."""
 
-    def __init__(self, pool: SandboxPool, *, unavailable: str | None = None) -> None:
+    def __init__(
+        self, pool: SandboxPool, *, unavailable: str | None = None, environments: EnvironmentLoader | None = None
+    ) -> None:
         self.pool = pool
+        self.environments = environments
+        """Loads a session's environment when its sandbox is provisioned; None: every sandbox gets the
+        `SandboxSpec` default (`unrestricted`)."""
         self.unavailable = unavailable
         """Why no sandbox can run here (then no tools are offered and every call says why)."""
         names = () if unavailable else SANDBOX_TOOL_NAMES
@@ -40,22 +57,26 @@ class SandboxToolRunner:
         self._reaper: asyncio.Task[None] | None = None
 
     @classmethod
-    def from_settings(cls, settings: Any) -> SandboxToolRunner:
-        """From `Settings.data_dir`, `.sandbox` ("bwrap" | "unsafe-no-isolation") and `.sandbox_idle_seconds`."""
+    def from_settings(cls, settings: Any, *, environments: EnvironmentLoader | None = None) -> SandboxToolRunner:
+        """From `Settings.data_dir`, `.sandbox` ("bwrap" | "unsafe-no-isolation"), `.sandbox_idle_seconds`
+        and `.sandbox_egress_allowed_networks`; `environments` loads a session's environment (networking)."""
         choice = str(settings.sandbox)
         if choice not in ("bwrap", "unsafe-no-isolation"):
             raise ValueError(f"unknown sandbox {choice!r}: use 'bwrap' or 'unsafe-no-isolation'")
         backend: Backend = "unsafe" if choice == "unsafe-no-isolation" else "bwrap"
         root = Path(settings.data_dir).resolve() / "sandboxes"
-        pool = SandboxPool(root, backend, limits=SandboxLimits(), idle_seconds=settings.sandbox_idle_seconds)
+        egress = EgressProxy(allowed_networks=getattr(settings, "sandbox_egress_allowed_networks", None) or ())
+        pool = SandboxPool(
+            root, backend, limits=SandboxLimits(), idle_seconds=settings.sandbox_idle_seconds, egress=egress
+        )
         if backend == "unsafe":
-            log.warning("sandbox: unsafe-no-isolation: agent tools run as this user, unconfined")
-            return cls(pool)
+            log.warning("sandbox: unsafe-no-isolation: agent tools run as this user, unconfined (no network policy)")
+            return cls(pool, environments=environments)
         problem = isolation_problem(root)
         if problem:
             log.error("sandbox: agent tools are disabled: %s", problem)
-            return cls(pool, unavailable=problem)
-        return cls(pool)
+            return cls(pool, unavailable=problem, environments=environments)
+        return cls(pool, environments=environments)
 
     @staticmethod
     def describe(settings: Any) -> str:
@@ -65,7 +86,9 @@ class SandboxToolRunner:
         if str(settings.sandbox) != "bwrap":
             return f"tools: disabled, unknown sandbox {settings.sandbox!r}"
         problem = isolation_problem(Path(settings.data_dir).resolve() / "sandboxes")
-        return f"tools: disabled: {problem}" if problem else "tools: bubblewrap sandboxes (isolated, no network)"
+        if problem:
+            return f"tools: disabled: {problem}"
+        return "tools: bubblewrap sandboxes (isolated; network only through the egress proxy, per environment)"
 
     async def run(self, session: Session, name: str, tool_input: dict[str, Any]) -> ToolResult:
         if name not in SANDBOX_TOOL_NAMES:
@@ -77,7 +100,7 @@ class SandboxToolRunner:
             return ToolResult.text(problem, is_error=True)
         self._start_reaper()
         try:
-            sandbox = await self.pool.get(SandboxSpec(session.id, ""))
+            sandbox = await self.pool.get(SandboxSpec(session.id, ""), make_spec=lambda: self.spec_for(session))
             return await sandbox.execute(name, tool_input)
         except SandboxUnavailable as e:
             log.error("sandbox for %s unavailable: %s", session.id, e)
@@ -88,6 +111,30 @@ class SandboxToolRunner:
                 "files in /workspace are kept, running processes and shell state are not.",
                 is_error=True,
             )
+
+    async def spec_for(self, session: Session) -> SandboxSpec:
+        """The recipe for a new sandbox of `session`: its environment's networking, its agent's MCP servers.
+
+        If the environment cannot be read, the sandbox gets no network (and the proxy says why)."""
+        agent = getattr(session, "agent", None)
+        mcp_urls = tuple(str(s.url) for s in getattr(agent, "mcp_servers", None) or ())
+        env_id = getattr(session, "environment_id", None)
+        if self.environments is None or not env_id:
+            return SandboxSpec(session.id, "", mcp_server_urls=mcp_urls)
+        try:
+            environment = await self.environments(env_id)
+        except Exception as e:
+            log.warning("sandbox for %s: cannot read environment %s: %s", session.id, env_id, e)
+            reason = f"its environment {env_id} could not be read ({e})"
+            return SandboxSpec(session.id, "", networking={"type": "none", "reason": reason})
+        config = getattr(environment, "config", environment)
+        networking = getattr(config, "networking", None)
+        if networking is None:
+            kind = getattr(config, "type", "unknown")
+            reason = f"the environment {env_id} is of type {kind!r}, which gives corral's sandboxes no network"
+            return SandboxSpec(session.id, "", networking={"type": "none", "reason": reason})
+        dumped = networking.model_dump(mode="json") if hasattr(networking, "model_dump") else dict(networking)
+        return SandboxSpec(session.id, "", networking=dumped, mcp_server_urls=mcp_urls)
 
     async def interrupt(self, session_id: str) -> None:
         sandbox = self.pool.current(session_id)
