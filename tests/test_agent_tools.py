@@ -156,3 +156,18 @@ def test_the_environments_networking_governs_the_sandboxs_egress(
     assert "Couldn't connect to server" in output  # direct: the sandbox's own loopback
     assert "127.0.0.1 is a loopback address" in output  # through the proxy: refused
     assert '"status"' not in output
+
+
+def test_deleting_a_session_removes_its_sandbox_and_files(
+    agents: anthropic.Anthropic, fake: FakeModel, agent_server: ServerThread
+) -> None:
+    session = new_session(agents, tools=[TOOLSET])
+    pool = sandbox_pool(agent_server)
+    fake.reply(tool_use=[("bash", {"command": "echo private > notes.txt"})])
+    fake.respond_with(echo_results)
+    turn(agents, session.id, [text("write")], timeout=30)
+    workdir = pool.workdir_for(session.id)
+    assert (workdir / "notes.txt").read_text() == "private\n" and pool.current(session.id) is not None
+    agents.beta.sessions.delete(session.id)
+    assert pool.current(session.id) is None
+    assert not workdir.parent.exists()

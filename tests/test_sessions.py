@@ -120,3 +120,15 @@ def test_archive_terminates_and_blocks_events_then_delete(client: anthropic.Anth
         client.beta.sessions.retrieve(session.id)
     with pytest.raises(anthropic.NotFoundError):
         client.beta.sessions.events.list(session.id)
+
+
+def test_delete_on_an_api_only_server_removes_the_sessions_files(
+    client: anthropic.Anthropic, agent, environment, server
+) -> None:
+    """Workers on this machine share the data dir: the API process removes the deleted session's files."""
+    session = client.beta.sessions.create(agent=agent.id, environment_id=environment.id)
+    files = server.settings.data_dir.resolve() / "sandboxes" / "sessions" / session.id
+    (files / "workspace").mkdir(parents=True)
+    (files / "workspace" / "left.txt").write_text("from a worker")
+    client.beta.sessions.delete(session.id)
+    assert not files.exists()

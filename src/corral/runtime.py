@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 from collections.abc import Awaitable, Callable
 
 from .config import Settings
@@ -75,6 +76,16 @@ class Runtime:
             poll_interval=self.settings.poll_interval,
         )
         await self.workers.start()
+
+    async def session_deleted(self, session_id: str) -> None:
+        """Drop a deleted session's sandbox and files (here, or on disk when this process runs no tools)."""
+        if self.tools is not None:
+            await self.tools.forget(session_id)
+            return
+        from .sandbox.pool import session_dir
+        from .sandbox.runner import sandboxes_dir
+
+        await asyncio.to_thread(shutil.rmtree, session_dir(sandboxes_dir(self.settings), session_id), True)
 
     def spawn(self, coro: Awaitable[None], name: str) -> None:
         self._tasks.append(asyncio.ensure_future(coro))

@@ -22,6 +22,10 @@ class ToolRunner(Protocol):
         """The session went idle: its sandbox may be reclaimed later."""
         ...
 
+    async def forget(self, session_id: str) -> None:
+        """The session was deleted: drop its sandbox and its files."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -40,6 +44,9 @@ class NoTools:
         return None
 
     async def release(self, session_id: str) -> None:
+        return None
+
+    async def forget(self, session_id: str) -> None:
         return None
 
     async def aclose(self) -> None:
@@ -75,6 +82,10 @@ class ToolRouter:
     async def release(self, session_id: str) -> None:
         for runner in self.runners:
             await runner.release(session_id)
+
+    async def forget(self, session_id: str) -> None:
+        for runner in self.runners:
+            await runner.forget(session_id)
 
     async def aclose(self) -> None:
         for runner in self.runners:

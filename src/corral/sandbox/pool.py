@@ -24,12 +24,19 @@ from corral.sandbox.limits import SandboxLimits
 from corral.sandbox.local import UID_BASE, UID_COUNT, BwrapSandbox, IsolationReport, check_isolation
 from corral.sandbox.unsafe import UnsafeSandbox
 
-__all__ = ["Backend", "IsolationReport", "SandboxPool", "check_isolation"]
+__all__ = ["Backend", "IsolationReport", "SandboxPool", "check_isolation", "session_dir"]
 
 log = logging.getLogger(__name__)
 
 Backend = Literal["bwrap", "unsafe"]
 _SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+
+
+def session_dir(root_dir: Path, session_id: str) -> Path:
+    """`root_dir/sessions/<id>`: the session's files (its workdir is `workspace` inside)."""
+    if not _SESSION_ID.match(session_id):
+        raise ValueError(f"session id {session_id!r} cannot name a directory")
+    return root_dir / "sessions" / session_id
 
 
 @dataclasses.dataclass
@@ -68,9 +75,7 @@ class SandboxPool:
         self.egress: EgressProxy | None = EgressProxy() if egress is True else egress or None
 
     def workdir_for(self, session_id: str) -> Path:
-        if not _SESSION_ID.match(session_id):
-            raise ValueError(f"session id {session_id!r} cannot name a directory")
-        return self.root_dir / "sessions" / session_id / "workspace"
+        return session_dir(self.root_dir, session_id) / "workspace"
 
     async def get(self, spec: SandboxSpec, *, make_spec: Callable[[], Awaitable[SandboxSpec]] | None = None) -> Sandbox:
         """The session's live sandbox, provisioning one (or replacing a dead one) as needed.
@@ -158,8 +163,7 @@ class SandboxPool:
         self._locks.pop(session_id, None)
         self._uids.pop(session_id, None)
         if remove_workdir:
-            session_dir = self.workdir_for(session_id).parent
-            await asyncio.to_thread(shutil.rmtree, session_dir, ignore_errors=True)
+            await asyncio.to_thread(shutil.rmtree, session_dir(self.root_dir, session_id), ignore_errors=True)
 
     async def aclose(self) -> None:
         """Close every sandbox (workdirs are kept)."""

@@ -64,7 +64,7 @@ class SandboxToolRunner:
         if choice not in ("bwrap", "unsafe-no-isolation"):
             raise ValueError(f"unknown sandbox {choice!r}: use 'bwrap' or 'unsafe-no-isolation'")
         backend: Backend = "unsafe" if choice == "unsafe-no-isolation" else "bwrap"
-        root = Path(settings.data_dir).resolve() / "sandboxes"
+        root = sandboxes_dir(settings)
         egress = EgressProxy(allowed_networks=getattr(settings, "sandbox_egress_allowed_networks", None) or ())
         pool = SandboxPool(
             root, backend, limits=SandboxLimits(), idle_seconds=settings.sandbox_idle_seconds, egress=egress
@@ -85,7 +85,7 @@ class SandboxToolRunner:
             return "tools: UNSAFE, no isolation (CORRAL_SANDBOX=unsafe-no-isolation): commands run as this user"
         if str(settings.sandbox) != "bwrap":
             return f"tools: disabled, unknown sandbox {settings.sandbox!r}"
-        problem = isolation_problem(Path(settings.data_dir).resolve() / "sandboxes")
+        problem = isolation_problem(sandboxes_dir(settings))
         if problem:
             return f"tools: disabled: {problem}"
         return "tools: bubblewrap sandboxes (isolated; network only through the egress proxy, per environment)"
@@ -145,6 +145,10 @@ class SandboxToolRunner:
         """The session went idle: nothing to do now; the reaper closes its sandbox after the idle time."""
         return None
 
+    async def forget(self, session_id: str) -> None:
+        """The session was deleted: close its sandbox and delete its working directory."""
+        await self.pool.destroy(session_id)
+
     async def aclose(self) -> None:
         if self._reaper is not None:
             self._reaper.cancel()
@@ -167,6 +171,11 @@ class SandboxToolRunner:
                 continue
             if closed:
                 log.info("closed idle sandboxes: %s", ", ".join(closed))
+
+
+def sandboxes_dir(settings: Any) -> Path:
+    """Where the sandbox pool keeps session working directories: `<data dir>/sandboxes`."""
+    return Path(settings.data_dir).resolve() / "sandboxes"
 
 
 def isolation_problem(root: Path) -> str | None:

@@ -113,6 +113,9 @@ class WebTools:
     async def release(self, session_id: str) -> None:
         return None
 
+    async def forget(self, session_id: str) -> None:
+        return None
+
     async def aclose(self) -> None:
         await self.client.aclose()
 

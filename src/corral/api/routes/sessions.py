@@ -7,10 +7,11 @@ from typing import Literal
 from fastapi import APIRouter, Depends, Request
 
 from ...errors import InvalidRequest
+from ...runtime import Runtime
 from ...schemas.sessions import Session, SessionCreate, SessionUpdate
 from ...service.sessions import archive_session, create_session, delete_session, update_session
 from ...store.store import Store
-from ..deps import get_store
+from ..deps import get_runtime, get_store
 from ..query import parse_bool, parse_limit, parse_time_ranges, query_list
 from .pages import Deleted, PageWithPrev
 
@@ -68,8 +69,11 @@ async def list_sessions(
 
 
 @router.delete("/{session_id}", response_model=Deleted)
-async def delete(session_id: str, store: Store = Depends(get_store)) -> Deleted:
+async def delete(
+    session_id: str, store: Store = Depends(get_store), runtime: Runtime = Depends(get_runtime)
+) -> Deleted:
     await delete_session(store, session_id)
+    await runtime.session_deleted(session_id)
     return Deleted(id=session_id, type="session_deleted")
 
 
