@@ -2,7 +2,9 @@
 
 Run alone: `python bench/bench_sandbox.py [--cold N] [--warm N]`. Prints one table (milliseconds).
 "cold" = provision a sandbox and get its first ping back (what a session's first tool call pays on top
-of the call itself); "warm" = one tool call in a running sandbox. The baseline runs the same helper as a
+of the call itself); "warm" = one tool call in a running sandbox; "bwrap pool" = a new session's sandbox
+through `SandboxPool.get` with all limits and the egress socket, started on demand or adopted from the
+prewarmed reserve. The baseline runs the same helper as a
 plain subprocess (`UnsafeSandbox`), so the difference is the price of isolation.
 """
 
@@ -77,6 +79,35 @@ async def bench_backend(name: str, start: Starter, root: Path, cold_n: int, warm
     return rows
 
 
+async def bench_pool(root: Path, cold_n: int) -> list[tuple]:
+    """A new session's sandbox as the harness gets it: `SandboxPool.get`, with everything a real sandbox
+    gets (its own uid and workdir, cgroup limits, rlimits, an egress proxy socket), with and without a
+    prewarmed sandbox to adopt."""
+    from corral.sandbox.pool import SandboxPool
+
+    rows = []
+    for prewarm in (0, 1):
+        pool = SandboxPool(root / f"pool-{prewarm}", "bwrap", prewarm=prewarm)
+        samples = []
+        try:
+            for i in range(cold_n + 3):
+                if prewarm:  # the reserve is refilled in the background between sessions
+                    for _ in range(400):
+                        if any(pool._warm.values()):
+                            break
+                        await asyncio.sleep(0.005)
+                t0 = time.perf_counter()
+                sandbox = await pool.get(SandboxSpec(f"s{i}", ""))
+                await sandbox.ping()
+                if i >= 3:
+                    samples.append(time.perf_counter() - t0)
+        finally:
+            await pool.aclose()
+        label = "new session, prewarmed (adopt)" if prewarm else "new session, started on demand"
+        rows.append(("bwrap pool", label, samples))
+    return rows
+
+
 async def bench_raw(cold_n: int) -> list[tuple]:
     """The floor: spawning a process at all (`/bin/true` via asyncio)."""
 
@@ -101,6 +132,7 @@ async def main() -> None:
         rows += await bench_backend("unsafe", UnsafeSandbox.start, root, args.cold, args.warm)
         if report.ok:
             rows += await bench_backend("bwrap", BwrapSandbox.start, root, args.cold, args.warm)
+            rows += await bench_pool(root, args.cold)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print(f"\n{'backend':<11} {'operation':<31} {'n':>5} {'p50 ms':>8} {'p95 ms':>8} {'mean ms':>8}")

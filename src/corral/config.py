@@ -105,6 +105,12 @@ class Settings(BaseSettings):
         description='Non-public networks `web_fetch` may reach anyway, as JSON, e.g. `["10.0.0.0/8"]` '
         "(by default it refuses loopback, private and link-local addresses).",
     )
+    sandbox_prewarm: int = Field(
+        default=1,
+        description="Sandboxes kept started and ready for new sessions, per recently used environment recipe "
+        "(0 = start each on the session's first tool call).",
+        ge=0,
+    )
     sandbox_idle_seconds: float = Field(
         default=600.0, description="Close an idle session's sandbox after this long (its files are kept).", gt=0
     )

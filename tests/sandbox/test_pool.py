@@ -105,3 +105,50 @@ async def test_closed_pool_refuses(sandbox_root: Path) -> None:
 def test_unknown_backend(sandbox_root: Path) -> None:
     with pytest.raises(ValueError):
         SandboxPool(sandbox_root, "docker")  # type: ignore[arg-type]
+
+
+async def ready(pool: SandboxPool, count: int = 1) -> None:
+    """Wait until the pool has `count` prewarmed sandboxes of some recipe."""
+    for _ in range(200):
+        if any(len(slots) >= count for slots in pool._warm.values()):
+            return
+        await asyncio.sleep(0.025)
+    raise AssertionError("no sandbox was prewarmed")
+
+
+async def test_prewarmed_sandbox_is_adopted_by_a_new_session(sandbox_root: Path) -> None:
+    pool = SandboxPool(sandbox_root / "prewarm", prewarm=1)
+    try:
+        first = await pool.get(SandboxSpec("first", ""))
+        await ready(pool)
+        (warm,) = next(iter(pool._warm.values()))
+        adopted = await pool.get(SandboxSpec("second", ""))
+        assert adopted is warm.sandbox and adopted is not first
+        assert not warm.home.exists()  # moved to the session's place
+        assert adopted.spec.session_id == "second" and adopted.spec.workdir == str(pool.workdir_for("second"))
+        await ok(adopted, "bash", {"command": "echo mine > own.txt && pwd"})
+        assert (pool.workdir_for("second") / "own.txt").read_text() == "mine\n"
+        if os.geteuid() == 0:  # the directory keeps the uid the sandbox runs as, and it is unique
+            assert pool.workdir_for("second").stat().st_uid == pool._uids["second"] != pool._uids["first"]
+        await ready(pool)  # topped up again
+    finally:
+        await pool.aclose()
+    assert not any((pool.root_dir / "warm").iterdir())  # ready sandboxes' directories are removed
+
+
+async def test_sessions_with_files_or_another_recipe_get_their_own_sandbox(sandbox_root: Path) -> None:
+    pool = SandboxPool(sandbox_root / "prewarm-skip", prewarm=1)
+    try:
+        await pool.get(SandboxSpec("seed", ""))
+        await ready(pool)
+        (warm,) = next(iter(pool._warm.values()))
+        pool.workdir_for("old").mkdir(parents=True)
+        (pool.workdir_for("old") / "kept.txt").write_text("from before")
+        old = await pool.get(SandboxSpec("old", ""))
+        assert old is not warm.sandbox
+        assert await ok(old, "read", {"file_path": "kept.txt"}) == "from before"
+        limited = {"type": "limited", "allowed_hosts": ["example.org"]}
+        other = await pool.get(SandboxSpec("other", "", networking=limited))
+        assert other is not warm.sandbox and warm.home.exists()
+    finally:
+        await pool.aclose()

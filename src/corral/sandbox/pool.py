@@ -3,17 +3,26 @@
 Sandboxes are cattle (see `base.py`): the pool keeps only a cache keyed by session id. A session's
 workdir (`root_dir/sessions/<id>/workspace`) outlives its sandbox; idle sandboxes are closed and a new
 one is started from the same recipe on the next `get()`.
+
+Prewarming: starting a sandbox costs ~40 ms (mostly the helper's Python starting), so the pool keeps
+`prewarm` sandboxes ready for each recipe (networking, env, packages) it provisioned recently, each on
+an empty directory of its own (`root_dir/warm/<slot>`). A new session with that recipe adopts one: its
+directory is renamed to `root_dir/sessions/<id>` (the sandbox's bind mount follows the directory, not
+the path), so its first tool call does not wait for a sandbox to start. Sessions that already have
+files (a sandbox reclaimed when idle, or one that died) always get a fresh sandbox on their own files.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import os
 import re
 import shutil
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Literal
@@ -45,6 +54,27 @@ class _Entry:
     last_used: float
 
 
+@dataclasses.dataclass
+class _Warm:
+    """A started sandbox waiting for a session, on its own directory `home` (holding `workspace`)."""
+
+    sandbox: Sandbox
+    home: Path
+    slot: str
+
+
+MAX_WARM_RECIPES = 4
+"""Recipes the pool keeps sandboxes ready for (the most recently used)."""
+
+
+def recipe_key(spec: SandboxSpec) -> str:
+    """What makes two sandboxes interchangeable before a session's files are in them."""
+    fields = dataclasses.asdict(spec)
+    fields.pop("session_id")
+    fields.pop("workdir")
+    return json.dumps(fields, sort_keys=True, default=list)
+
+
 class SandboxPool:
     """One live sandbox per session id, provisioned on first use."""
 
@@ -58,6 +88,7 @@ class SandboxPool:
         uid_base: int = UID_BASE,
         uid_count: int = UID_COUNT,
         egress: EgressProxy | bool = True,
+        prewarm: int = 0,
     ) -> None:
         """`egress`: the proxy that carries the sandboxes' traffic (True: a default one, started with the
         first sandbox; False: sandboxes get no network at all, whatever their environment says)."""
@@ -72,6 +103,11 @@ class SandboxPool:
         self._entries: dict[str, _Entry] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._closed = False
+        self.prewarm = prewarm if backend == "bwrap" else 0
+        """Started sandboxes kept ready per recently used recipe (0: none; only for bubblewrap)."""
+        self._warm: dict[str, list[_Warm]] = {}
+        self._filling: dict[str, asyncio.Task[None]] = {}
+        self._discarding: set[asyncio.Task[None]] = set()
         self.egress: EgressProxy | None = EgressProxy() if egress is True else egress or None
 
     def workdir_for(self, session_id: str) -> Path:
@@ -102,9 +138,80 @@ class SandboxPool:
                 await entry.sandbox.close()
             if make_spec is not None:
                 spec = await make_spec()
-            sandbox = await self._provision(spec)
+            sandbox = self._adopt(spec) or await self._provision(spec)
             self._entries[spec.session_id] = _Entry(sandbox, time.monotonic())
+            self._refill(spec)
             return sandbox
+
+    # ---- prewarming ----------------------------------------------------------------------------
+
+    def _adopt(self, spec: SandboxSpec) -> Sandbox | None:
+        """A ready sandbox of this recipe, moved to the new session (None if none fits)."""
+        if not self.prewarm or spec.workdir:
+            return None
+        target = session_dir(self.root_dir, spec.session_id)
+        slots = self._warm.get(recipe_key(spec), [])
+        if not slots or target.exists():
+            return None  # existing files keep their owner and get a sandbox of their own
+        while slots:
+            warm = slots.pop()
+            if not warm.sandbox.alive():
+                self._discard(warm)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self._restrict(target.parent)
+            os.rename(warm.home, target)  # the sandbox's /workspace mount follows the directory
+            warm.sandbox.spec = dataclasses.replace(spec, workdir=str(target / "workspace"))
+            listener = getattr(warm.sandbox, "egress", None)
+            if listener is not None:
+                listener.session_id = spec.session_id
+            if warm.slot in self._uids:
+                self._uids[spec.session_id] = self._uids.pop(warm.slot)
+            return warm.sandbox
+        return None
+
+    def _refill(self, spec: SandboxSpec) -> None:
+        """Top up the ready sandboxes of `spec`'s recipe in the background."""
+        if not self.prewarm or self._closed:
+            return
+        key = recipe_key(spec)
+        self._warm[key] = self._warm.pop(key, [])  # most recently used last
+        while len(self._warm) > MAX_WARM_RECIPES:
+            for warm in self._warm.pop(next(iter(self._warm))):
+                self._discard(warm)
+        task = self._filling.get(key)
+        if task is None or task.done():
+            self._filling[key] = asyncio.create_task(self._fill(key, spec), name="sandbox-prewarm")
+
+    async def _fill(self, key: str, spec: SandboxSpec) -> None:
+        while not self._closed and key in self._warm and len(self._warm[key]) < self.prewarm:
+            slot = f"warm-{uuid.uuid4().hex[:16]}"
+            home = self.root_dir / "warm" / slot
+            try:
+                sandbox = await self._provision(
+                    dataclasses.replace(spec, session_id=slot, workdir=str(home / "workspace"))
+                )
+            except Exception:
+                log.warning("could not prewarm a sandbox", exc_info=True)
+                await asyncio.to_thread(shutil.rmtree, home, True)
+                self._uids.pop(slot, None)
+                return
+            warm = _Warm(sandbox, home, slot)
+            if self._closed or key not in self._warm:
+                self._discard(warm)
+                return
+            self._warm[key].append(warm)
+
+    def _discard(self, warm: _Warm) -> None:
+        self._uids.pop(warm.slot, None)
+
+        async def close() -> None:
+            await warm.sandbox.close()
+            await asyncio.to_thread(shutil.rmtree, warm.home, True)
+
+        task = asyncio.create_task(close(), name="sandbox-discard")
+        self._discarding.add(task)
+        task.add_done_callback(self._discarding.discard)
 
     async def _provision(self, spec: SandboxSpec) -> Sandbox:
         if not spec.workdir:
@@ -118,10 +225,16 @@ class SandboxPool:
     def _make_dirs(self, session_dir: Path) -> None:
         """Create the pool's directories searchable but unlistable (0711): sandboxes run as other uids."""
         session_dir.mkdir(parents=True, exist_ok=True)
-        if os.geteuid() == 0:
-            for d in (self.root_dir, self.root_dir / "sessions", session_dir):
-                if d.is_relative_to(self.root_dir) and d.is_dir():
-                    os.chmod(d, 0o711)
+        self._restrict(session_dir)
+
+    def _restrict(self, directory: Path) -> None:
+        """Mode 0711 on `directory` and its parents up to the pool's root (as root only)."""
+        if os.geteuid() != 0 or not directory.is_relative_to(self.root_dir):
+            return
+        for d in (directory, *directory.parents):
+            if not d.is_relative_to(self.root_dir):
+                break
+            os.chmod(d, 0o711)
 
     def _uid_for(self, session_id: str, workdir: Path) -> int:
         """Keep a session's uid stable: reuse the workdir's owner when it is ours and free (no chown)."""
@@ -166,8 +279,16 @@ class SandboxPool:
             await asyncio.to_thread(shutil.rmtree, session_dir(self.root_dir, session_id), ignore_errors=True)
 
     async def aclose(self) -> None:
-        """Close every sandbox (workdirs are kept)."""
+        """Close every sandbox (workdirs are kept; ready ones' directories are removed)."""
         self._closed = True
+        # Fills in flight finish their start and, seeing the pool closed, discard what they made.
+        await asyncio.gather(*self._filling.values(), return_exceptions=True)
+        self._filling.clear()
+        for warms in self._warm.values():
+            for warm in warms:
+                self._discard(warm)
+        self._warm.clear()
+        await asyncio.gather(*self._discarding, return_exceptions=True)
         entries, self._entries = list(self._entries.values()), {}
         await asyncio.gather(*(e.sandbox.close() for e in entries), return_exceptions=True)
         if self.egress is not None:

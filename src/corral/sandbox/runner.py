@@ -67,7 +67,12 @@ class SandboxToolRunner:
         root = sandboxes_dir(settings)
         egress = EgressProxy(allowed_networks=getattr(settings, "sandbox_egress_allowed_networks", None) or ())
         pool = SandboxPool(
-            root, backend, limits=SandboxLimits(), idle_seconds=settings.sandbox_idle_seconds, egress=egress
+            root,
+            backend,
+            limits=SandboxLimits(),
+            idle_seconds=settings.sandbox_idle_seconds,
+            egress=egress,
+            prewarm=settings.sandbox_prewarm,
         )
         if backend == "unsafe":
             log.warning("sandbox: unsafe-no-isolation: agent tools run as this user, unconfined (no network policy)")
