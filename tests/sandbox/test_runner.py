@@ -102,7 +102,9 @@ async def test_unsafe_backend_from_settings(tmp_path: Path) -> None:
         SandboxToolRunner.from_settings(Settings(data_dir=tmp_path, sandbox="docker"))
 
 
-async def test_a_data_dir_sandbox_users_cannot_enter_disables_tools_with_the_reason(tmp_path: Path) -> None:
+async def test_a_data_dir_sandbox_users_cannot_enter_disables_tools_with_the_reason(
+    tmp_path: Path, sandbox_root: Path
+) -> None:
     if os.geteuid() != 0:
         pytest.skip("only root hands sandboxes their own uids")
     private = tmp_path / "private"
@@ -111,7 +113,15 @@ async def test_a_data_dir_sandbox_users_cannot_enter_disables_tools_with_the_rea
     try:
         assert runner.definitions == {}
         result = await runner.run(session("run9"), "bash", {"command": "true"})
-        assert result.is_error and "sandbox users cannot enter" in result.content[0]["text"]
-        assert str(private) in result.content[0]["text"]
+        assert result.is_error and "cannot be entered by sandbox users" in result.content[0]["text"]
+        assert ", which (mode drwx------) cannot be entered by sandbox users" in result.content[0]["text"]
+    finally:
+        await runner.aclose()
+    private_data = sandbox_root / "data0700"  # reachable parents, the data directory itself closed
+    private_data.mkdir(mode=0o700)
+    runner = SandboxToolRunner.from_settings(Settings(data_dir=private_data, sandbox="bwrap"))
+    try:
+        result = await runner.run(session("run9"), "bash", {"command": "true"})
+        assert f"the data directory {private_data} (mode drwx------) cannot be entered" in result.content[0]["text"]
     finally:
         await runner.aclose()

@@ -203,8 +203,13 @@ def unreachable_by_others(path: Path) -> str | None:
         except FileNotFoundError:
             break
         if not mode & stat.S_IXOTH:
+            where = (
+                f"the data directory {ancestor}"
+                if ancestor == path.parent
+                else f"the data directory {path.parent} is inside {ancestor}, which"
+            )
             return (
-                f"the data directory {path.parent} is inside {ancestor} (mode {stat.filemode(mode)}), which "
-                "sandbox users cannot enter; set CORRAL_DATA_DIR to a directory outside it (e.g. /var/lib/corral)"
+                f"{where} (mode {stat.filemode(mode)}) cannot be entered by sandbox users; make it searchable "
+                "(chmod o+x) or set CORRAL_DATA_DIR to a directory that is (e.g. /var/lib/corral)"
             )
     return None
