@@ -28,7 +28,7 @@ from corral.config import Settings
 from .conftest import API_KEY
 from .fake_model import FakeModel, Reply, tool_results
 from .servers import ServerThread, database_url
-from .turns import new_session, text, wait_for
+from .turns import new_session, text, turn, wait_for
 
 LEASE_SECONDS = 1.0
 SIDE_EFFECT = "echo ran >> side.txt; wc -l < side.txt"
@@ -213,3 +213,15 @@ def test_random_kills_during_a_long_turn_lose_nothing(cluster: Cluster, fake: Fa
     assert ran <= len(lines)  # every successful result matches a real run
     assert next(e for e in reversed(events) if e.type == "agent.message").content[0].text == "finished"
     assert kills >= 2, "the turn finished before any worker was killed: nothing was tested"
+
+
+def test_a_worker_processes_events_reach_the_api_servers_streams_in_order(cluster: Cluster, fake: FakeModel) -> None:
+    """Events appended in another process arrive on this process's SSE stream (NOTIFY or polling)."""
+    fake.respond_with(bash_then_answer)
+    session = new_session(cluster.client, tools=[{"type": "agent_toolset_20260401"}])
+    cluster.worker()
+    seen = turn(cluster.client, session.id, [text("go")], timeout=40)
+    listed = list(cluster.client.beta.sessions.events.list(session.id, limit=1000))
+    assert [e.id for e in seen] == [e.id for e in listed]
+    assert seen[-1].type == "session.status_idle" and seen[-1].stop_reason.type == "end_turn"
+    assert "agent.tool_result" in [e.type for e in seen]

@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import sqlite3
+import uuid
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -294,6 +295,8 @@ class EventLog:
         self.db = db
         self.hub = hub
         self._queue: list[_Pending] = []
+        self.origin = uuid.uuid4().hex[:12]
+        """Names this process in its notifications, so its own are recognised and skipped."""
         self._writer: asyncio.Task[None] | None = None
         self._wakeup: asyncio.Event | None = None
 
@@ -302,19 +305,23 @@ class EventLog:
         async with self.db.write() as conn:
             tx = Tx(conn)
             yield tx
-            await self._notify(conn, tx.appended, tx.woken)
+            await self._notify(conn, {sid: logged[-1].seq for sid, logged in tx.appended.items() if logged}, tx.woken)
         for session_id, logged in tx.appended.items():
             self.hub.published(session_id, logged)
         for session_id in tx.woken:
             self.hub.wake(session_id)
 
-    async def _notify(self, conn: AsyncConnection, appended: Iterable[str], woken: Iterable[str]) -> None:
-        """Tell other processes (PostgreSQL): delivered on commit, dropped on rollback."""
+    async def _notify(self, conn: AsyncConnection, heads: dict[str, int], woken: Iterable[str]) -> None:
+        """Tell other processes (PostgreSQL): delivered on commit, dropped on rollback.
+
+        Payloads are `<session id>:<head>:<origin>` (`corral_events`) and `<session id>:<origin>`
+        (`corral_wake`): listeners learn the new head without a query and skip their own news."""
         if self.db.is_sqlite:
             return
-        for channel, ids in (("corral_events", appended), ("corral_wake", woken)):
-            for session_id in ids:
-                await conn.execute(select(func.pg_notify(channel, session_id)))
+        for session_id, head in heads.items():
+            await conn.execute(select(func.pg_notify("corral_events", f"{session_id}:{head}:{self.origin}")))
+        for session_id in woken:
+            await conn.execute(select(func.pg_notify("corral_wake", f"{session_id}:{self.origin}")))
 
     async def append(
         self,
@@ -386,7 +393,7 @@ class EventLog:
                     await conn.execute(insert(t.events), plan.rows)
                 if plan.heads:
                     await conn.execute(_UPDATE_HEAD, plan.head_params())
-                await self._notify(conn, plan.appended, plan.woken)
+                await self._notify(conn, {sid: plan.heads[sid].seq for sid in plan.appended}, plan.woken)
         for item, exc in plan.failed:
             _fail([item], exc)
         for item in plan.done:

@@ -45,14 +45,22 @@ class Watcher:
             log.warning("LISTEN/NOTIFY unavailable; falling back to polling", exc_info=True)
             self._listener = None
 
-    def _on_events(self, _conn: Any, _pid: int, _channel: str, session_id: str) -> None:
-        if session_id in self.store.hub.followed():
-            task = asyncio.ensure_future(self._refresh([session_id]))
-            self._refreshes.add(task)
-            task.add_done_callback(self._refreshes.discard)
+    def _on_events(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        session_id, _, rest = payload.partition(":")
+        head, _, origin = rest.partition(":")
+        if origin == self.store.events.origin or session_id not in self.store.hub.followed():
+            return  # our own append: the hub heard it first-hand
+        if head.isdigit():
+            self.store.hub.advanced(session_id, int(head))
+            return
+        task = asyncio.ensure_future(self._refresh([session_id]))
+        self._refreshes.add(task)
+        task.add_done_callback(self._refreshes.discard)
 
-    def _on_wake(self, _conn: Any, _pid: int, _channel: str, session_id: str) -> None:
-        self.store.hub.wake(session_id)
+    def _on_wake(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        session_id, _, origin = payload.partition(":")
+        if origin != self.store.events.origin:  # our own wakes were delivered in-process
+            self.store.hub.wake(session_id)
 
     async def _refresh(self, session_ids: list[str]) -> None:
         heads = await self.store.events.heads(session_ids)
