@@ -38,7 +38,6 @@ from ..schemas.events import (
     error_object,
 )
 from ..schemas.sessions import Session
-from ..store.events import EventLog
 from ..store.store import Store
 from . import crashpoints
 from .compaction import Compactor
@@ -158,19 +157,21 @@ class Harness:
     async def _take_in(self, p: _Pass, owner: str, pending: list[tuple[int, dict[str, Any]]]) -> None:
         """Mark queued client events processed, recording where in the log they were taken in."""
         interrupted = any(e["type"] == "user.interrupt" for _, e in pending)
-        async with self.store.events.transaction() as tx:
-            await EventLog.mark_processed(tx.conn, p.session.id, [s for s, _ in pending], tx.now)
-            for _, event in pending:
-                await tx.record(p.session.id, input_key(event["id"]), "input", {"after_seq": p.head})
-            starts_work = any(e["type"] in ("user.message", "user.tool_confirmation") for _, e in pending)
-            events: list[Event] = []
-            if starts_work and p.convo.status != "running":
-                events.append(SessionStatusRunning(id=new_id("event"), processed_at=_now()))
-            elif interrupted and not starts_work:
-                last_stop = (p.convo.last_idle or {}).get("stop_reason", {}).get("type")
-                if p.convo.status != "idle" or last_stop == "requires_action":
-                    events.append(_idle({"type": "end_turn"}))
-            await tx.append(p.session.id, events, owner=owner)
+        starts_work = any(e["type"] in ("user.message", "user.tool_confirmation") for _, e in pending)
+        events: list[Event] = []
+        if starts_work and p.convo.status != "running":
+            events.append(SessionStatusRunning(id=new_id("event"), processed_at=_now()))
+        elif interrupted and not starts_work:
+            last_stop = (p.convo.last_idle or {}).get("stop_reason", {}).get("type")
+            if p.convo.status != "idle" or last_stop == "requires_action":
+                events.append(_idle({"type": "end_turn"}))
+        await self.store.events.append(
+            p.session.id,
+            events,
+            owner=owner,
+            records=[(input_key(e["id"]), "input", {"after_seq": p.head}) for _, e in pending],
+            processed=[s for s, _ in pending],
+        )
 
     # ---- tools --------------------------------------------------------------------------------
 
@@ -185,9 +186,8 @@ class Harness:
         events: list[Event] = []
         if p.convo.status != "running":
             events.append(SessionStatusRunning(id=new_id("event"), processed_at=_now()))
-        async with self.store.events.transaction() as tx:
-            await tx.record(session_id, run_key(tool.event_id), "tool_run", {"owner": owner})
-            await tx.append(session_id, events, owner=owner)
+        record = (run_key(tool.event_id), "tool_run", {"owner": owner})
+        await self.store.events.append(session_id, events, owner=owner, records=[record])
         await crashpoints.reach("after_tool_start")
         try:
             result = await watcher.guard(
@@ -369,14 +369,8 @@ class Harness:
                 }
             )
         events.append(_span_end(start_id, response.usage, error=False))
-        async with self.store.events.transaction() as tx:
-            await tx.record(
-                session.id,
-                start_id,
-                "model_output",
-                {"content": content, "stop_reason": response.stop_reason, "tools": tools},
-            )
-            await tx.append(session.id, events, owner=owner)
+        output = {"content": content, "stop_reason": response.stop_reason, "tools": tools}
+        await self.store.events.append(session.id, events, owner=owner, records=[(start_id, "model_output", output)])
         await crashpoints.reach("after_model_end")
 
     async def _model_failed(
@@ -404,22 +398,20 @@ class Harness:
                 return
             return
         # the turn is dead: queued input is flushed (processed, never shown to the model) and the session idles
-        async with self.store.events.transaction() as tx:
-            flushed = [(s, e) for s, e in p.convo.pending if e["type"] != "user.interrupt"]
-            await EventLog.mark_processed(tx.conn, session_id, [s for s, _ in flushed], tx.now)
-            for _, event in flushed:
-                await tx.record(session_id, input_key(event["id"]), "input", {"after_seq": p.head, "flushed": True})
-            await tx.append(
-                session_id,
-                [
-                    _span_end(start_id, None, error=True),
-                    SessionError(
-                        id=new_id("event"), processed_at=_now(), error=error_object(kind, exc.message, "exhausted")
-                    ),
-                    _idle({"type": "retries_exhausted"}),
-                ],
-                owner=owner,
-            )
+        flushed = [(s, e) for s, e in p.convo.pending if e["type"] != "user.interrupt"]
+        await self.store.events.append(
+            session_id,
+            [
+                _span_end(start_id, None, error=True),
+                SessionError(
+                    id=new_id("event"), processed_at=_now(), error=error_object(kind, exc.message, "exhausted")
+                ),
+                _idle({"type": "retries_exhausted"}),
+            ],
+            owner=owner,
+            records=[(input_key(e["id"]), "input", {"after_seq": p.head, "flushed": True}) for _, e in flushed],
+            processed=[s for s, _ in flushed],
+        )
 
     async def _limit_reached(self, session_id: str, owner: str, what: str) -> None:
         message = f"This turn reached the limit of {what} per turn."
@@ -445,9 +437,12 @@ class Harness:
             await self._model_failed(p, owner, start.id, exc, watcher)
             return
         event = self.compactor.event()
-        async with self.store.events.transaction() as tx:
-            await tx.record(p.session.id, event.id, "compaction", {"summary": summary})
-            await tx.append(p.session.id, [_span_end(start.id, usage, error=False), event], owner=owner)
+        await self.store.events.append(
+            p.session.id,
+            [_span_end(start.id, usage, error=False), event],
+            owner=owner,
+            records=[(event.id, "compaction", {"summary": summary})],
+        )
 
     # ---- plumbing -----------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ import json
 import logging
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
@@ -107,6 +107,10 @@ def _fold(
     return rows, logged, wakes
 
 
+Record = tuple[str, str, dict[str, Any]]
+"""A harness record to write with an append: (key, kind, body)."""
+
+
 @dataclass
 class _Pending:
     """One queued `EventLog.append`, waiting for the writer task."""
@@ -117,6 +121,8 @@ class _Pending:
     owner: str | None
     decided_at: int | None
     future: asyncio.Future[list[LoggedEvent]]
+    records: Sequence[Record] = ()
+    processed: Sequence[int] = ()
     logged: list[LoggedEvent] = field(default_factory=list)
     wakes: bool = False
 
@@ -164,18 +170,6 @@ class Tx:
             self.woken.add(session_id)
         return logged
 
-    async def record(self, session_id: str, key: str, kind: str, body: dict[str, Any]) -> None:
-        """Write a harness record; the primary key rejects a second writer of the same key."""
-        await self.conn.execute(
-            insert(t.harness_records).values(
-                session_id=session_id,
-                key=key,
-                kind=kind,
-                created_at=self.now,
-                body=json.dumps(body, separators=(",", ":")),
-            )
-        )
-
 
 @dataclass
 class _Plan:
@@ -185,6 +179,8 @@ class _Plan:
     done: list[_Pending] = field(default_factory=list)
     failed: list[tuple[_Pending, Exception]] = field(default_factory=list)
     rows: list[dict[str, Any]] = field(default_factory=list)
+    records: list[dict[str, Any]] = field(default_factory=list)
+    marks: list[dict[str, Any]] = field(default_factory=list)
     heads: dict[str, _Head] = field(default_factory=dict)
     appended: list[str] = field(default_factory=list)
     woken: list[str] = field(default_factory=list)
@@ -203,6 +199,28 @@ class _Plan:
                 head, item.session_id, item.events, plan.now, item.needs_work, item.decided_at
             )
             plan.rows.extend(rows)
+            plan.records.extend(
+                {
+                    "session_id": item.session_id,
+                    "key": key,
+                    "kind": kind,
+                    "created_at": plan.now,
+                    "body": json.dumps(body, separators=(",", ":")),
+                }
+                for key, kind, body in item.records
+            )
+            if item.processed:
+                stamp = '"processed_at":' + json.dumps(format_timestamp(from_micros(plan.now)))
+                plan.marks.extend(
+                    {
+                        "b_session_id": item.session_id,
+                        "b_seq": seq,
+                        "b_when": plan.now,
+                        "b_queued": '"processed_at":null',
+                        "b_stamp": stamp,
+                    }
+                    for seq in item.processed
+                )
             plan.heads[item.session_id] = head
             if item.logged and item.session_id not in plan.appended:
                 plan.appended.append(item.session_id)
@@ -232,6 +250,10 @@ def _write_sqlite(conn: sqlite3.Connection, batch: list[_Pending], session_ids: 
         conn.executemany(_SQLITE_INSERT[0], [tuple(r[k] for k in _SQLITE_INSERT[1]) for r in plan.rows])
     if plan.heads:
         conn.executemany(_SQLITE_UPDATE[0], [tuple(p[k] for k in _SQLITE_UPDATE[1]) for p in plan.head_params()])
+    if plan.records:
+        conn.executemany(_SQLITE_RECORD[0], [tuple(r[k] for k in _SQLITE_RECORD[1]) for r in plan.records])
+    if plan.marks:
+        conn.executemany(_SQLITE_MARK[0], [tuple(m[k] for k in _SQLITE_MARK[1]) for m in plan.marks])
     return plan
 
 
@@ -288,6 +310,21 @@ _HEAD_NAMES = ", ".join(c.name for c in _HEAD_COLUMNS)
 _SQLITE_HEADS = f"SELECT {_HEAD_NAMES} FROM {t.sessions.name} WHERE {t.sessions.c.id.name} IN ({{marks}})"
 _SQLITE_INSERT = _compiled(insert(t.events).values({c.name: bindparam(c.name) for c in t.events.c}))
 _SQLITE_UPDATE = _compiled(_UPDATE_HEAD)
+_MARK_PROCESSED = (
+    update(t.events)
+    .where(
+        t.events.c.session_id == bindparam("b_session_id"),
+        t.events.c.seq == bindparam("b_seq"),
+        t.events.c.processed_at.is_(None),
+    )
+    .values(
+        processed_at=bindparam("b_when"),
+        body=func.replace(t.events.c.body, bindparam("b_queued"), bindparam("b_stamp")),
+    )
+)
+"""Set `processed_at` on a queued client event: the one change the log ever makes to an event."""
+_SQLITE_RECORD = _compiled(insert(t.harness_records).values({c.name: bindparam(c.name) for c in t.harness_records.c}))
+_SQLITE_MARK = _compiled(_MARK_PROCESSED)
 
 
 class EventLog:
@@ -331,14 +368,21 @@ class EventLog:
         needs_work: bool | None = None,
         owner: str | None = None,
         decided_at: int | None = None,
+        records: Sequence[Record] = (),
+        processed: Sequence[int] = (),
     ) -> list[LoggedEvent]:
         """Append `events` to one session's log (see `Tx.append` for the options); returns them as logged.
 
+        In the same transaction: `records` are written as harness records (their primary key refuses
+        a second writer of the same key: the append fails), and the queued client events at positions
+        `processed` get their `processed_at`.
+
         Returns once they are committed. Appends queued meanwhile by other tasks are committed in the
-        same transaction; each one still succeeds or fails (`NotFound`, `LeaseLost`) on its own.
+        same transaction; each one still succeeds or fails (`NotFound`, `LeaseLost`, a taken record key)
+        on its own.
         """
         future: asyncio.Future[list[LoggedEvent]] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(session_id, events, needs_work, owner, decided_at, future))
+        self._queue.append(_Pending(session_id, events, needs_work, owner, decided_at, future, records, processed))
         self._ensure_writer()
         assert self._wakeup is not None
         self._wakeup.set()
@@ -393,6 +437,10 @@ class EventLog:
                     await conn.execute(insert(t.events), plan.rows)
                 if plan.heads:
                     await conn.execute(_UPDATE_HEAD, plan.head_params())
+                if plan.records:
+                    await conn.execute(insert(t.harness_records), plan.records)
+                if plan.marks:
+                    await conn.execute(_MARK_PROCESSED, plan.marks)
                 await self._notify(conn, {sid: plan.heads[sid].seq for sid in plan.appended}, plan.woken)
         for item, exc in plan.failed:
             _fail([item], exc)
@@ -521,22 +569,3 @@ class EventLog:
                 )
             ).all()
         return {r.id: int(r.last_seq) for r in rows}
-
-    @staticmethod
-    async def mark_processed(conn: AsyncConnection, session_id: str, seqs: list[int], when: int) -> None:
-        """Set `processed_at` on queued client events: the one change the log ever makes to an event."""
-        if not seqs:
-            return
-        stamp = json.dumps(format_timestamp(from_micros(when)))
-        await conn.execute(
-            update(t.events)
-            .where(
-                t.events.c.session_id == session_id,
-                t.events.c.seq.in_(seqs),
-                t.events.c.processed_at.is_(None),
-            )
-            .values(
-                processed_at=when,
-                body=func.replace(t.events.c.body, '"processed_at":null', '"processed_at":' + stamp),
-            )
-        )
