@@ -103,3 +103,20 @@ async def test_a_database_error_in_a_batch_is_isolated_to_its_append(store: Stor
     assert [e.seq for e in log] == list(range(1, len(log) + 1))
     bodies = "".join(e.json for e in log)
     assert bodies.count("same id twice") == 1 and "before" in bodies and "after" in bodies
+
+
+async def test_records_and_processed_marks_ride_along_and_a_taken_key_fails_alone(store: Store) -> None:
+    (sid,) = await sessions(store, 1)
+    queued = await store.events.append(sid, [message("queued")], needs_work=True)
+    assert '"processed_at":null' in queued[0].json
+    results = await asyncio.gather(
+        store.events.append(sid, [], records=[("run:x", "tool_run", {"n": 1})], processed=[queued[0].seq]),
+        store.events.append(sid, [message("other")], records=[("run:x", "tool_run", {"n": 2})]),
+        return_exceptions=True,
+    )
+    assert isinstance(results[0], list) and isinstance(results[1], IntegrityError)
+    _, records = await store.events.load(sid)
+    assert records["run:x"]["n"] == 1
+    (marked,) = await store.events.read(sid, limit=1)
+    assert '"processed_at":null' not in marked.json and '"processed_at":"' in marked.json
+    assert "other" not in "".join(e.json for e in await store.events.read(sid, limit=100))
