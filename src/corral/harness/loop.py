@@ -97,9 +97,9 @@ class Harness:
 
     async def run(self, session_id: str, owner: str) -> None:
         """Advance the session until it waits for input. Call only while holding its lease."""
-        head = await self.store.events.head(session_id)
-        with self.store.hub.follow(session_id, head) as channel:
-            watcher = _InterruptWatcher(self.store, session_id, channel, head)
+        # The first pass tells the watcher where the log stands (`watcher.seen`).
+        with self.store.hub.follow(session_id, 0) as channel:
+            watcher = _InterruptWatcher(self.store, session_id, channel, 0)
             try:
                 while await self._step(session_id, owner, watcher):
                     pass
@@ -107,8 +107,9 @@ class Harness:
                 watcher.close()
 
     async def _load(self, session_id: str) -> _Pass:
-        session = await self.store.sessions.get(session_id)
-        events, records = await self.store.events.load(session_id)
+        async with self.store.db.read() as conn:  # one snapshot: the session row agrees with its log
+            session = await self.store.sessions.get(session_id, conn)
+            events, records = await self.store.events.load(session_id, conn)
         return _Pass(session, fold(events, records), events[-1][0] if events else 0)
 
     async def _step(self, session_id: str, owner: str, watcher: _InterruptWatcher) -> bool:

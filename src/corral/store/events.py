@@ -530,23 +530,27 @@ class EventLog:
             found.setdefault(row.ref, []).append(json.loads(row.body))
         return found
 
-    async def load(self, session_id: str) -> tuple[list[tuple[int, dict[str, Any]]], dict[str, dict[str, Any]]]:
+    async def load(
+        self, session_id: str, conn: AsyncConnection | None = None
+    ) -> tuple[list[tuple[int, dict[str, Any]]], dict[str, dict[str, Any]]]:
         """The whole log of a session (seq, wire dict) and its harness records by key, in one read."""
-        async with self.db.read() as conn:
-            rows = (
-                await conn.execute(
-                    select(t.events.c.seq, t.events.c.body)
-                    .where(t.events.c.session_id == session_id)
-                    .order_by(t.events.c.seq)
+        if conn is None:
+            async with self.db.read() as c:
+                return await self.load(session_id, c)
+        rows = (
+            await conn.execute(
+                select(t.events.c.seq, t.events.c.body)
+                .where(t.events.c.session_id == session_id)
+                .order_by(t.events.c.seq)
+            )
+        ).all()
+        records = (
+            await conn.execute(
+                select(t.harness_records.c.key, t.harness_records.c.kind, t.harness_records.c.body).where(
+                    t.harness_records.c.session_id == session_id
                 )
-            ).all()
-            records = (
-                await conn.execute(
-                    select(t.harness_records.c.key, t.harness_records.c.kind, t.harness_records.c.body).where(
-                        t.harness_records.c.session_id == session_id
-                    )
-                )
-            ).all()
+            )
+        ).all()
         return (
             [(r.seq, json.loads(r.body)) for r in rows],
             {r.key: {"kind": r.kind, **json.loads(r.body)} for r in records},
