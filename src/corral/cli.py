@@ -1,5 +1,5 @@
 """The `corral` command: `corral serve` (the default), `corral migrate`, `corral keys`, `corral agents`,
-`corral demo`."""
+`corral secrets`, `corral demo`."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from . import __version__
 from .config import Settings
 from .demo import DEMO_AGENT, run_demo
 from .listen import listen_socket
+from .vault.cli import secrets_app
 
 app = typer.Typer(
     help="corral: a self-hosted runtime for long-running AI agents, speaking the Managed Agents API.",
@@ -28,6 +29,7 @@ keys_app = typer.Typer(help="API keys accepted by the server (stored hashed).", 
 agents_app = typer.Typer(help="Agent definitions, e.g. from YAML files checked into a repo.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(agents_app, name="agents")
+app.add_typer(secrets_app, name="secrets")
 
 DatabaseOption = typer.Option(
     None,

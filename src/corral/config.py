@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings", "normalize_database_url"]
@@ -39,6 +39,11 @@ class Settings(BaseSettings):
     data_dir: Path = Field(
         default=Path(".corral"),
         description="Where session working directories and other local state live.",
+    )
+    max_file_bytes: int = Field(
+        default=500 * 1024 * 1024,
+        description="Largest file `POST /v1/files` accepts, in bytes (larger uploads get 413).",
+        gt=0,
     )
     workers: int = Field(
         default=32,
@@ -119,6 +124,17 @@ class Settings(BaseSettings):
         description="Non-public networks the sandboxes' egress proxy may connect to anyway, as JSON, e.g. "
         '`["10.0.0.0/8"]` (by default it refuses loopback, private and link-local addresses, whatever the '
         "environment's networking says).",
+    )
+
+    secret_key: SecretStr | None = Field(
+        default=None,
+        description="Keys that encrypt vault credential secrets at rest: Fernet keys (`corral secrets generate-key`), "
+        "comma-separated; the first encrypts, all decrypt. Unset: the key file is used.",
+    )
+    secret_key_file: Path | None = Field(
+        default=None,
+        description="Key file used when `CORRAL_SECRET_KEY` is unset (default `<data dir>/secret.key`, "
+        "created with mode 0600 on the server's first start).",
     )
 
     @property

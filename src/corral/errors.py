@@ -10,6 +10,7 @@ __all__ = [
     "Conflict",
     "InvalidRequest",
     "NotFound",
+    "RequestTooLarge",
 ]
 
 
@@ -49,3 +50,10 @@ class Conflict(ApiError):
 
     status_code = 409
     error_type = "conflict_error"
+
+
+class RequestTooLarge(ApiError):
+    """A request body (an upload) over the configured limit."""
+
+    status_code = 413
+    error_type = "request_too_large"

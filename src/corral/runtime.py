@@ -19,6 +19,7 @@ from .models.base import ModelClient
 from .models.router import ModelRouter
 from .store.store import Store
 from .store.watch import Watcher
+from .vault.keys import KeyRing
 
 __all__ = ["Runtime"]
 
@@ -35,6 +36,8 @@ class Runtime:
         self.model: ModelClient | None = None
         self.tools: ToolRunner | None = None
         self.workers: WorkerPool | None = None
+        self._keys: KeyRing | None = None
+        self._keys_lock = asyncio.Lock()
 
     async def start(self, *, workers: int | None = None) -> None:
         """Migrate, start watching the log, and run `workers` harness workers (settings by default)."""
@@ -43,6 +46,27 @@ class Runtime:
         count = self.settings.workers if workers is None else workers
         if count > 0:
             await self.start_workers(count)
+
+    async def secret_keys(self) -> KeyRing:
+        """The keys that encrypt vault secrets. On first use, creates the key file (0600) when no key is
+        configured, unless the database already holds secrets (a new key could not read them)."""
+        async with self._keys_lock:
+            if self._keys is None:
+                ring = KeyRing.from_settings(self.settings)
+                sample = await self.store.credentials.sample_secret()
+                if not ring.exists():
+                    if sample is not None:
+                        raise RuntimeError(
+                            f"the database holds encrypted vault secrets, but there is no key file at {ring.path} "
+                            "and CORRAL_SECRET_KEY is unset: restore the key (see docs/configuration.md)"
+                        )
+                    if ring.create():
+                        log.info("created secret key file %s (mode 0600)", ring.path)
+                box = ring.box()
+                if sample is not None and not box.can_decrypt(sample):
+                    log.warning("the secret keys from %s do not decrypt the stored vault secrets", ring.source)
+                self._keys = ring
+            return self._keys
 
     def model_client(self) -> ModelClient:
         s = self.settings

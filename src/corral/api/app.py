@@ -14,7 +14,9 @@ from ..ids import new_id
 from ..runtime import Runtime
 from .deps import authenticate, require_beta
 from .errors import install_error_handlers
-from .routes import agents, environments, events, sessions
+from .routes import agents, environments, events, session_resources, sessions
+from .routes import files as files_routes
+from .routes import vaults as vault_routes
 
 __all__ = ["create_app"]
 
@@ -51,6 +53,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         if owned:
             await rt.start()
         try:
+            if owned:  # the secret key file is made on the first start, not on the first vault request
+                await rt.secret_keys()
             yield
         finally:
             if owned:
@@ -67,6 +71,10 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     managed = [Depends(authenticate), Depends(require_beta)]
     for module in (agents, environments, sessions, events):
         app.include_router(module.router, dependencies=managed)
+    app.include_router(session_resources.router, dependencies=managed)
+    # The SDK sends no `anthropic-beta` header for the Files API: authentication only.
+    app.include_router(files_routes.router, dependencies=[Depends(authenticate)])
+    app.include_router(vault_routes.router, dependencies=managed)
 
     @app.get("/health", tags=["meta"])
     async def health() -> dict[str, str]:

@@ -62,7 +62,9 @@ async def authenticate(request: Request) -> None:
 
 
 async def require_beta(request: Request) -> None:
-    """Managed Agents endpoints need `anthropic-beta: managed-agents-2026-04-01` (a comma-separated set)."""
+    """Managed Agents endpoints need `anthropic-beta: managed-agents-2026-04-01` (a comma-separated set).
+
+    Not applied to `/v1/files`: the SDK sends no beta header there (see `create_app`)."""
     betas = {b.strip() for h in request.headers.getlist("anthropic-beta") for b in h.split(",")}
     if BETA not in betas:
         raise InvalidRequest(f"this endpoint requires the `anthropic-beta: {BETA}` header")

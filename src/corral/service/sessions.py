@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from ..errors import InvalidRequest, NotFound
+from ..errors import InvalidRequest
 from ..ids import new_id
 from ..schemas.agents import resolve_model
 from ..schemas.common import apply_metadata_patch
@@ -13,6 +13,8 @@ from ..schemas.events import Event, SessionStatusTerminated, SessionUpdated, per
 from ..schemas.sessions import AgentWithOverrides, Budget, Session, SessionAgent, SessionCreate, SessionUpdate
 from ..store.store import Store
 from .agents import _tools, resolve_skills
+from .session_resources import resources_at_create
+from .vaults import check_session_vaults
 
 __all__ = ["archive_session", "create_session", "delete_session", "send_events", "update_session"]
 
@@ -64,10 +66,8 @@ async def create_session(store: Store, params: SessionCreate) -> Session:
         raise InvalidRequest(
             f"environment {environment.id} is archived and cannot start sessions", code="environment_archived"
         )
-    for vault_id in params.vault_ids or []:
-        raise NotFound("vault", vault_id)
-    for resource in params.resources or []:
-        raise InvalidRequest(f"session resources of type {resource.get('type')!r} are not supported yet")
+    vault_ids = await check_session_vaults(store, params.vault_ids or [])
+    resources = await resources_at_create(store, params.resources or [])
     now = datetime.now(UTC)
     initial: list[Event] = []
     for event in params.initial_events or []:
@@ -82,6 +82,8 @@ async def create_session(store: Store, params: SessionCreate) -> Session:
         agent=agent,
         metadata=params.metadata or {},
         budget=Budget.model_validate(params.budget.model_dump()) if params.budget else None,
+        vault_ids=vault_ids,
+        resources=resources,
         created_at=now,
         updated_at=now,
     )

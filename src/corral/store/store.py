@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from .db import Database
 from .events import EventLog
+from .files import FileRepo
 from .hub import EventHub
 from .keys import ApiKeyRepo
 from .migrate import upgrade
 from .resources import AgentRepo, EnvironmentRepo
+from .session_resources import SessionResourceRepo
 from .sessions import SessionRepo
+from .vaults import CredentialRepo, VaultRepo
 
 __all__ = ["Store"]
 
@@ -24,6 +27,10 @@ class Store:
         self.environments = EnvironmentRepo(self.db)
         self.sessions = SessionRepo(self.db, self.events, prices)
         self.keys = ApiKeyRepo(self.db)
+        self.vaults = VaultRepo(self.db)
+        self.credentials = CredentialRepo(self.db)
+        self.files = FileRepo(self.db)
+        self.session_resources = SessionResourceRepo(self.db)
 
     @property
     def is_sqlite(self) -> bool:

@@ -132,3 +132,53 @@ harness_records = Table(
     Column("body", Text, nullable=False),
     PrimaryKeyConstraint("session_id", "key"),
 )
+
+# Vaults and their credentials. `body` holds the wire fields that are not columns (never a secret);
+# `secret` is the credential's secret fields as one Fernet token (`vault/crypto.py`), null once archived.
+# `target` is what a credential is matched by ("mcp:<server url>" or "env:<secret name>"): unique among
+# a vault's active credentials.
+vaults = Table(
+    "vaults",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Column("archived_at", BigInteger),
+    Column("body", Text, nullable=False),
+    Index("ix_vaults_created", "created_at", "id"),
+)
+
+vault_credentials = Table(
+    "vault_credentials",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("vault_id", String(64), nullable=False),
+    Column("target", String(2100), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Column("archived_at", BigInteger),
+    Column("body", Text, nullable=False),
+    Column("secret", Text),
+    Index("ix_vault_credentials_vault", "vault_id", "created_at", "id"),
+    Index(
+        "uq_vault_credentials_target",
+        "vault_id",
+        "target",
+        unique=True,
+        sqlite_where=text("archived_at IS NULL"),
+        postgresql_where=text("archived_at IS NULL"),
+    ),
+)
+
+# Uploaded files: the metadata here (`body` is the `FileMetadata` JSON), the bytes on local disk under
+# `<data dir>/files/<id>`. `scope_id` is the session a file was produced in (null for uploads).
+files = Table(
+    "files",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("scope_id", String(64)),
+    Column("body", Text, nullable=False),
+    Index("ix_files_created", "created_at", "id"),
+    Index("ix_files_scope", "scope_id", "created_at", "id"),
+)

@@ -1,0 +1,56 @@
+"""Session resources live in the session row's body (`resources`, the wire objects); this changes
+that list under the row's write lock (`FOR UPDATE` on PostgreSQL, the write lock on SQLite)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from sqlalchemy import select, update
+
+from ..errors import NotFound
+from ..schemas.common import now_micros
+from . import tables as t
+from .db import Database
+
+__all__ = ["SessionResourceRepo", "SessionState"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class SessionState:
+    status: str
+    archived: bool
+
+
+class SessionResourceRepo:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def change(self, session_id: str, fn: Callable[[SessionState, list[dict[str, Any]]], T]) -> T:
+        """Run `fn(state, resources)`, which may edit the list in place or raise; a changed list is stored
+        and moves the session's `updated_at`."""
+        query = select(t.sessions.c.body, t.sessions.c.status, t.sessions.c.archived_at).where(
+            t.sessions.c.id == session_id
+        )
+        if not self.db.is_sqlite:
+            query = query.with_for_update()
+        async with self.db.write() as conn:
+            row = (await conn.execute(query)).first()
+            if row is None:
+                raise NotFound("session", session_id)
+            body = json.loads(row.body)
+            resources: list[dict[str, Any]] = list(body.get("resources") or [])
+            before = json.dumps(resources)
+            result = fn(SessionState(row.status, row.archived_at is not None), resources)
+            if json.dumps(resources) != before:
+                body["resources"] = resources
+                await conn.execute(
+                    update(t.sessions)
+                    .where(t.sessions.c.id == session_id)
+                    .values(body=json.dumps(body, separators=(",", ":")), updated_at=now_micros())
+                )
+        return result
