@@ -120,3 +120,22 @@ async def test_records_and_processed_marks_ride_along_and_a_taken_key_fails_alon
     (marked,) = await store.events.read(sid, limit=1)
     assert '"processed_at":null' not in marked.json and '"processed_at":"' in marked.json
     assert "other" not in "".join(e.json for e in await store.events.read(sid, limit=100))
+
+
+async def test_closing_the_store_commits_what_was_queued(db_url: str) -> None:
+    store = Store(normalize_database_url(db_url))
+    await store.migrate()
+    ids = await sessions(store, 4)
+    appends = [
+        asyncio.ensure_future(store.events.append(ids[i % 4], [message(f"m{i}-{k}") for k in range(200)]))
+        for i in range(20)
+    ]
+    await asyncio.sleep(0)  # queued, and the writer has started on them
+    await store.close()
+    results = await asyncio.gather(*appends, return_exceptions=True)
+    assert all(isinstance(r, list) and len(r) == 200 for r in results), [type(r) for r in results]
+    reopened = Store(normalize_database_url(db_url))
+    try:
+        assert sum([await reopened.events.head(sid) for sid in ids]) >= 20 * 200
+    finally:
+        await reopened.close()

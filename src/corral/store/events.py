@@ -24,7 +24,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, text, update
 from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -310,6 +310,7 @@ _HEAD_NAMES = ", ".join(c.name for c in _HEAD_COLUMNS)
 _SQLITE_HEADS = f"SELECT {_HEAD_NAMES} FROM {t.sessions.name} WHERE {t.sessions.c.id.name} IN ({{marks}})"
 _SQLITE_INSERT = _compiled(insert(t.events).values({c.name: bindparam(c.name) for c in t.events.c}))
 _SQLITE_UPDATE = _compiled(_UPDATE_HEAD)
+_NOTIFY_ALL = text("SELECT pg_notify(:channel, payload) FROM unnest(CAST(:payloads AS text[])) AS payload")
 _MARK_PROCESSED = (
     update(t.events)
     .where(
@@ -332,6 +333,7 @@ class EventLog:
         self.db = db
         self.hub = hub
         self._queue: list[_Pending] = []
+        self._committing: list[_Pending] = []
         self.origin = uuid.uuid4().hex[:12]
         """Names this process in its notifications, so its own are recognised and skipped."""
         self._writer: asyncio.Task[None] | None = None
@@ -355,10 +357,12 @@ class EventLog:
         (`corral_wake`): listeners learn the new head without a query and skip their own news."""
         if self.db.is_sqlite:
             return
-        for session_id, head in heads.items():
-            await conn.execute(select(func.pg_notify("corral_events", f"{session_id}:{head}:{self.origin}")))
-        for session_id in woken:
-            await conn.execute(select(func.pg_notify("corral_wake", f"{session_id}:{self.origin}")))
+        for channel, payloads in (
+            ("corral_events", [f"{sid}:{head}:{self.origin}" for sid, head in heads.items()]),
+            ("corral_wake", [f"{sid}:{self.origin}" for sid in woken]),
+        ):
+            if payloads:  # one statement however many sessions the batch touched
+                await conn.execute(_NOTIFY_ALL, {"channel": channel, "payloads": payloads})
 
     async def append(
         self,
@@ -401,6 +405,7 @@ class EventLog:
             self._wakeup.clear()
             while self._queue:
                 batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+                self._committing = batch
                 try:
                     await self._commit(batch)
                 except Exception as exc:
@@ -419,6 +424,8 @@ class EventLog:
                 except BaseException as exc:
                     _fail(batch, exc)
                     raise
+                finally:
+                    self._committing = []
 
     async def _commit(self, batch: list[_Pending]) -> None:
         """Write `batch` in one transaction: read the heads, fold, one INSERT, one UPDATE."""
@@ -453,8 +460,8 @@ class EventLog:
             self.hub.wake(session_id)
 
     async def aclose(self) -> None:
-        """Stop the writer task once everything queued is committed."""
-        while self._queue and self._writer is not None and not self._writer.done():
+        """Stop the writer task once everything queued is committed (the batch in flight included)."""
+        while (self._queue or self._committing) and self._writer is not None and not self._writer.done():
             await asyncio.sleep(0.001)
         if self._writer is not None and not self._writer.done():
             self._writer.cancel()
