@@ -9,7 +9,6 @@ import contextlib
 import json
 import multiprocessing as mp
 import os
-import socket
 import tempfile
 import time
 import uuid
@@ -28,13 +27,11 @@ SSE_TARGET_MS = 50.0  # p99 at 100 subscribers
 # ---- server in a child process ------------------------------------------------------------------
 
 
-def _serve(url: str, data_dir: str, nodelay: bool, conn: Any, parent: int) -> None:
+def _serve(url: str, data_dir: str, conn: Any, parent: int) -> None:
     """Child process: a ServerThread until the parent says stop (or goes away).
 
-    ServerThread (like `corral serve`) hands uvicorn a socket made with proto 0, so asyncio does not
-    set TCP_NODELAY on accepted connections and a response written in two pieces waits for the
-    client's delayed ACK (~40 ms on Linux). With `nodelay`, the listening socket gets TCP_NODELAY,
-    which Linux copies to accepted sockets.
+    ServerThread listens on `corral.listen.listen_socket`, as `corral serve` does (TCP_NODELAY on
+    accepted connections); the benchmark leaves the server exactly as it is made.
     """
     from tests.servers import ServerThread
 
@@ -42,8 +39,6 @@ def _serve(url: str, data_dir: str, nodelay: bool, conn: Any, parent: int) -> No
 
     settings = Settings(database_url=url, api_key=API_KEY, data_dir=Path(data_dir), workers=0, poll_interval=0.5)
     server = ServerThread(settings)
-    if nodelay:
-        server.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     server.start()
     conn.send(server.url)
     while not conn.poll(0.5):
@@ -53,11 +48,11 @@ def _serve(url: str, data_dir: str, nodelay: bool, conn: Any, parent: int) -> No
 
 
 @contextlib.contextmanager
-def child_server(url: str, nodelay: bool) -> Iterator[tuple[str, int]]:
+def child_server(url: str) -> Iterator[tuple[str, int]]:
     ctx = mp.get_context("spawn")
     ours, theirs = ctx.Pipe()
     with tempfile.TemporaryDirectory(prefix="corral-bench-data-") as data_dir:
-        proc = ctx.Process(target=_serve, args=(url, data_dir, nodelay, theirs, os.getpid()), daemon=True)
+        proc = ctx.Process(target=_serve, args=(url, data_dir, theirs, os.getpid()), daemon=True)
         proc.start()
         try:
             if not ours.poll(60):
@@ -95,17 +90,6 @@ async def http_setup(client: Any, sessions: int) -> list[str]:
     return ids
 
 
-NAGLE_NOTE = (
-    "server socket 'as shipped' = the socket ServerThread / `corral serve` make (proto 0: asyncio skips "
-    "TCP_NODELAY, so Nagle + delayed ACK add ~40 ms); 'TCP_NODELAY' = the same server with TCP_NODELAY set "
-    "on the listening socket"
-)
-
-
-def socket_label(nodelay: bool) -> str:
-    return "TCP_NODELAY" if nodelay else "as shipped"
-
-
 def message_body(text: str) -> dict[str, Any]:
     return {"events": [{"type": "user.message", "content": [{"type": "text", "text": text}]}]}
 
@@ -140,12 +124,12 @@ async def api_section(
         return results
 
 
-def api_table(results: dict[tuple[str, bool], list[tuple[int, Run]]]) -> str:
+def api_table(results: dict[str, list[tuple[int, Run]]]) -> str:
     rows = []
-    for (kind, nodelay), runs in results.items():
+    for kind, runs in results.items():
         for concurrency, run in runs:
             p50, p99 = pct(run.latencies_ms, 0.5), pct(run.latencies_ms, 0.99)
-            row = [kind, socket_label(nodelay), fmt(concurrency), fmt(run.ops), fmt(run.rate), fmt(p50, 2), fmt(p99, 2)]
+            row = [kind, fmt(concurrency), fmt(run.ops), fmt(run.rate), fmt(p50, 2), fmt(p99, 2)]
             per_request = run.server_cpu_s / run.ops * 1e3 if run.ops else float("nan")
             cpu = [
                 fmt(per_request, 2),
@@ -158,10 +142,9 @@ def api_table(results: dict[tuple[str, bool], list[tuple[int, Run]]]) -> str:
         "one user.message per request; each concurrent client posts to its own session",
         "client (httpx, this process) and server (uvicorn + corral, a child process) share the same cores; "
         "CPU columns are shares of one core",
-        NAGLE_NOTE,
         OTHER_NOTE,
     ]
-    headers = ["db", "server socket", "clients", "requests", "requests/s", "p50 ms", "p99 ms"]
+    headers = ["db", "clients", "requests", "requests/s", "p50 ms", "p99 ms"]
     headers += ["server CPU ms/req", "server CPU", "client CPU", "other CPU", "errors"]
     return table("2. Append through the API (POST /v1/sessions/{id}/events)", headers, rows, notes)
 
@@ -335,7 +318,7 @@ async def sse_section(base_url: str, server_pid: int, subscribers: int, messages
     )
 
 
-def sse_table(results: dict[tuple[str, bool], list[SseRun]], interval: float, failures: list[str]) -> str:
+def sse_table(results: dict[str, list[SseRun]], interval: float, failures: list[str]) -> str:
     rows = []
     notes = [
         "latency = arrival at the subscriber - time stamped just before the POST; the sender starts POSTs on a "
@@ -344,17 +327,15 @@ def sse_table(results: dict[tuple[str, bool], list[SseRun]], interval: float, fa
         "server / subscribers CPU = share of one core while sending; subscribers run in one asyncio process, the "
         f"sender in another, the server in a third: all share {len(os.sched_getaffinity(0))} cores with "
         "whatever else runs on the machine",
-        NAGLE_NOTE,
         OTHER_NOTE + " (the sender's own CPU is left out)",
         f"target: p99 <= {SSE_TARGET_MS:g} ms at 100 subscribers ({1 / interval:g} msgs/s)",
     ]
-    for (kind, nodelay), runs in results.items():
+    for kind, runs in results.items():
         for r in runs:
             p50, p99 = pct(r.latencies_ms, 0.5), pct(r.latencies_ms, 0.99)
             rows.append(
                 [
                     kind,
-                    socket_label(nodelay),
                     fmt(r.subscribers),
                     f"{1 / r.interval:g} -> {fmt(r.sent_per_s)}",
                     fmt(len(r.latencies_ms)),
@@ -371,10 +352,10 @@ def sse_table(results: dict[tuple[str, bool], list[SseRun]], interval: float, fa
             )
             if r.subscribers >= 100 and r.interval == interval:
                 verdict = "met" if p99 <= SSE_TARGET_MS else "MISSED"
-                where = f"{kind} ({socket_label(nodelay)}), {r.subscribers} subscribers"
+                where = f"{kind}, {r.subscribers} subscribers"
                 notes.append(f"{where}: p99 {fmt(p99, 1)} ms -> target {verdict}")
     notes += [f"PROBLEM: {failure}" for failure in failures]
-    headers = ["db", "server socket", "subscribers", "msgs/s offered -> sent", "deliveries", "missing", "p50 ms"]
+    headers = ["db", "subscribers", "msgs/s offered -> sent", "deliveries", "missing", "p50 ms"]
     headers += ["p99 ms"]
     headers += ["max ms", "fan-out spread ms", "POST p50 ms", "server CPU", "subscribers CPU", "other CPU"]
     return table("3. SSE delivery latency (POST -> GET /v1/sessions/{id}/events/stream)", headers, rows, notes)

@@ -1,15 +1,15 @@
 #!/usr/bin/env python
 """Event-log benchmark: append throughput (store and API) and SSE delivery latency, on SQLite and PostgreSQL.
 
-    python bench/bench_events.py            # full run, ~1.5 minutes on an idle 2-core machine
-    python bench/bench_events.py --quick    # shorter measurements, ~1 minute
+    python bench/bench_events.py            # full run, ~70 s on an idle 2-core machine
+    python bench/bench_events.py --quick    # shorter measurements, ~45 s
     python bench/bench_events.py --db sqlite --sections store,diag
 
 Sections:
-  store  `Store.events.append` directly (no HTTP): one appender, 16 concurrent appenders on 16
-         sessions, and batches of 10 events per append.
-  diag   what one append costs (SQL statements, driver thread hops, CPU), and what-if prototypes of
-         the write path (not corral code) that show where the time goes.
+  store  `Store.events.append` directly (no HTTP): one appender; 16 and 64 concurrent appenders (one
+         session each), which group commit writes together; and batches of 10 events per append.
+  diag   what one append costs (SQL statements, thread hops, CPU), the cost of the layers under it,
+         and group commit at work (appends per commit, commit time) at 1, 16 and 64 appenders.
   api    `POST /v1/sessions/{id}/events` against a real server (uvicorn in a child process).
   sse    delivery latency from `POST` to arrival on `GET /v1/sessions/{id}/events/stream`, with 1 and
          100 subscribers; the sender runs in its own process, timestamps are CLOCK_MONOTONIC.
@@ -34,16 +34,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from _benchlib import MODEL, OTHER_NOTE, Run, database, fmt, machine, pct, postgres_version, run_for, say, table
-from _events_http import (
-    SseRun,
-    api_section,
-    api_table,
-    child_server,
-    responsive,
-    socket_label,
-    sse_section,
-    sse_table,
-)
+from _events_http import SseRun, api_section, api_table, child_server, responsive, sse_section, sse_table
 
 STORE_TARGET = 10_000  # appends/s on SQLite
 HARD_LIMIT_S = 150  # the whole run is killed past this (children notice and exit too)
@@ -80,20 +71,33 @@ async def open_store(url: str, sessions: int) -> tuple[Any, list[str]]:
     return store, ids
 
 
+STORE_CASES = (  # (appenders, events per append): each appender has a session of its own
+    (1, 1),
+    (16, 1),
+    (64, 1),
+    (1, 10),
+)
+
+
+def store_case(appenders: int, batch: int) -> str:
+    who = "1 appender" if appenders == 1 else f"{appenders} appenders ({appenders} sessions)"
+    return f"{who}, {batch} event{'s' if batch > 1 else ''}/append"
+
+
 async def store_section(url: str, seconds: float) -> list[tuple[str, int, Run]]:
-    """Returns (case, events per append, run) for the three cases."""
-    store, sessions = await open_store(url, 18)
+    """Returns (case, events per append, run) for each of STORE_CASES."""
+    store, sessions = await open_store(url, sum(n for n, _ in STORE_CASES))
     try:
 
         def appender(session_id: str, batch: int) -> Callable[[], Awaitable[Any]]:
             return lambda: store.events.append(session_id, [user_message() for _ in range(batch)])
 
-        await run_for(min(0.5, seconds / 4), [appender(sessions[17], 1)])  # warm caches and pools
+        await run_for(min(0.5, seconds / 4), [appender(sessions[-1], 1)])  # warm caches and pools
         results = []
-        results.append(("1 appender, 1 event/append", 1, await run_for(seconds, [appender(sessions[0], 1)])))
-        many = [appender(sid, 1) for sid in sessions[1:17]]
-        results.append(("16 appenders (16 sessions), 1 event/append", 1, await run_for(seconds, many)))
-        results.append(("1 appender, 10 events/append", 10, await run_for(seconds, [appender(sessions[17], 10)])))
+        free = iter(sessions)
+        for appenders, batch in STORE_CASES:
+            ops = [appender(next(free), batch) for _ in range(appenders)]
+            results.append((store_case(appenders, batch), batch, await run_for(seconds, ops)))
         return results
     finally:
         await store.close()
@@ -182,33 +186,29 @@ def main(argv: list[str] | None = None) -> int:
 
         print(diag_section(kinds, database, open_store, user_message, seconds), flush=True)
 
-    # one server per (db, socket) variant and section; the as-shipped socket on SQLite only
-    variants = [(kind, True) for kind in kinds] + ([("sqlite", False)] if "sqlite" in kinds else [])
+    # one server (as ServerThread / `corral serve` make it) per database and section
     if "api" in sections:
-        api_results: dict[tuple[str, bool], list[tuple[int, Run]]] = {}
-        for kind, nodelay in variants:
-            say(f"api: {kind}, {socket_label(nodelay)}")
-            with database(kind) as url, child_server(url, nodelay) as (base_url, pid):
-                levels = (1, 16) if nodelay else (1,)
-                api_results[kind, nodelay] = asyncio.run(api_section(base_url, pid, seconds, levels))
+        api_results: dict[str, list[tuple[int, Run]]] = {}
+        for kind in kinds:
+            say(f"api: {kind}")
+            with database(kind) as url, child_server(url) as (base_url, pid):
+                api_results[kind] = asyncio.run(api_section(base_url, pid, seconds, (1, 16)))
         print(api_table(api_results), flush=True)
 
     if "sse" in sections:
-        sse_results: dict[tuple[str, bool], list[SseRun]] = {}
+        sse_results: dict[str, list[SseRun]] = {}
         failures: list[str] = []
-        for kind, nodelay in variants:
-            # 1 and 100 subscribers at `interval`; plus 100 subscribers at a fifth of the rate, to tell the
-            # cost of fan-out from the cost of overload (on the as-shipped server: 1 subscriber only)
-            cases = [(1, messages, interval)]
-            if nodelay:
-                cases += [(100, messages, interval), (100, messages // 5, interval * 5)]
-            with database(kind) as url, child_server(url, nodelay) as (base_url, pid):
+        # 1 and 100 subscribers at `interval`; plus 100 subscribers at a fifth of the rate, to tell the
+        # cost of fan-out from the cost of overload
+        cases = [(1, messages, interval), (100, messages, interval), (100, messages // 5, interval * 5)]
+        for kind in kinds:
+            with database(kind) as url, child_server(url) as (base_url, pid):
                 for subscribers, count, every in cases:
-                    where = f"{kind}, {socket_label(nodelay)}, {subscribers} subscribers, {1 / every:g} msgs/s"
+                    where = f"{kind}, {subscribers} subscribers, {1 / every:g} msgs/s"
                     say(f"sse: {where}")
                     try:
                         run = asyncio.run(sse_section(base_url, pid, subscribers, count, every))
-                        sse_results.setdefault((kind, nodelay), []).append(run)
+                        sse_results.setdefault(kind, []).append(run)
                         if run.send_errors:
                             failures.append(f"{where}: {run.send_errors} POSTs failed or timed out")
                     except Exception as exc:
