@@ -13,9 +13,11 @@ import importlib.metadata
 import importlib.util
 import os
 import platform
+import signal
 import sqlite3
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -201,3 +203,25 @@ def process_cpu(pid: int) -> float:
     except OSError:
         return float("nan")
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class OverTime(Exception):
+    """Raised in the main thread when a benchmark runs past its time limit."""
+
+
+def watchdog(seconds: float, name: str) -> None:
+    """Past `seconds`, interrupt the run (context managers still stop servers and drop databases);
+    if even that hangs, exit hard 20 s later: loads stop by themselves."""
+
+    def interrupt(_signum: int, _frame: Any) -> None:
+        raise OverTime(f"still running after {seconds:.0f}s, giving up")
+
+    def hard_exit() -> None:
+        print(f"{name}: cleanup hung, exiting", file=sys.stderr, flush=True)
+        os._exit(3)
+
+    signal.signal(signal.SIGALRM, interrupt)
+    signal.alarm(int(seconds))
+    timer = threading.Timer(seconds + 20, hard_exit)
+    timer.daemon = True
+    timer.start()

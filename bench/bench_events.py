@@ -25,15 +25,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import signal
 import sys
-import threading
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from _benchlib import MODEL, OTHER_NOTE, Run, database, fmt, machine, pct, postgres_version, run_for, say, table
+from _benchlib import (
+    MODEL,
+    OTHER_NOTE,
+    OverTime,
+    Run,
+    database,
+    fmt,
+    machine,
+    pct,
+    postgres_version,
+    run_for,
+    say,
+    table,
+    watchdog,
+)
 from _events_http import SseRun, api_section, api_table, child_server, responsive, sse_section, sse_table
 
 STORE_TARGET = 10_000  # appends/s on SQLite
@@ -134,28 +145,6 @@ def store_table(results: dict[str, list[tuple[str, int, Run]]]) -> str:
 # ---- main ---------------------------------------------------------------------------------------
 
 
-class OverTime(Exception):
-    pass
-
-
-def watchdog(seconds: float) -> None:
-    """Past `seconds`, interrupt the run (context managers still stop servers and drop databases);
-    if even that hangs, exit hard 20 s later."""
-
-    def interrupt(_signum: int, _frame: Any) -> None:
-        raise OverTime(f"still running after {seconds:.0f}s, giving up")
-
-    def hard_exit() -> None:
-        print("bench_events: cleanup hung, exiting", file=sys.stderr, flush=True)
-        os._exit(3)
-
-    signal.signal(signal.SIGALRM, interrupt)
-    signal.alarm(int(seconds))
-    timer = threading.Timer(seconds + 20, hard_exit)
-    timer.daemon = True
-    timer.start()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="shorter measurements (about half the time)")
@@ -166,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     sections = {s.strip() for s in args.sections.split(",") if s.strip()}
     seconds = 1.0 if args.quick else 2.0
     messages, interval = (100, 0.01) if args.quick else (200, 0.01)
-    watchdog(HARD_LIMIT_S)
+    watchdog(HARD_LIMIT_S, "bench_events")
 
     print(machine(), flush=True)
     if "postgres" in kinds and postgres_version().startswith("unavailable"):

@@ -33,16 +33,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import os
-import signal
 import sys
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from _benchlib import OTHER_NOTE, database, fmt, machine, machine_cpu, pct, postgres_version, process_cpu, say, table
+from _benchlib import (
+    OTHER_NOTE,
+    OverTime,
+    database,
+    fmt,
+    machine,
+    machine_cpu,
+    pct,
+    postgres_version,
+    process_cpu,
+    say,
+    table,
+    watchdog,
+)
 from _harness_procs import (
     HEADERS,
     MODEL_KEY,
@@ -624,25 +634,6 @@ def load_table(runs: list[LoadRun]) -> str:
 # ---- main ---------------------------------------------------------------------------------------
 
 
-class OverTime(Exception):
-    pass
-
-
-def watchdog(seconds: float) -> None:
-    def interrupt(_signum: int, _frame: Any) -> None:
-        raise OverTime(f"still running after {seconds:.0f}s, giving up")
-
-    def hard_exit() -> None:
-        print("bench_harness: cleanup hung, exiting", file=sys.stderr, flush=True)
-        os._exit(3)
-
-    signal.signal(signal.SIGALRM, interrupt)
-    signal.alarm(int(seconds))
-    timer = threading.Timer(seconds + 20, hard_exit)
-    timer.daemon = True
-    timer.start()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer turns and 300 sessions in the load test")
@@ -660,7 +651,7 @@ def main(argv: list[str] | None = None) -> int:
     # a generous bound: ~20 s per latency run, ~30 turns/s in the load test (what this 2-core VM does)
     limit = 60 + 45 * len(kinds) * (("latency" in sections) + ("diag" in sections))
     limit += (60 + sessions * 5 / 20) * len(load_kinds) * ("load" in sections)
-    watchdog(limit)
+    watchdog(limit, "bench_harness")
 
     print(machine(), flush=True)
     if postgres_version().startswith("unavailable"):
