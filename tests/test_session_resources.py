@@ -163,3 +163,24 @@ def test_deleting_the_file_keeps_the_resource(client: anthropic.Anthropic, sessi
     added = client.beta.sessions.resources.add(session.id, type="file", file_id=file_id)
     client.beta.files.delete(file_id)
     assert client.beta.sessions.resources.retrieve(added.id, session_id=session.id).file_id == file_id
+
+
+def test_concurrent_updates_and_resource_adds_lose_nothing(client: anthropic.Anthropic, session, upload) -> None:
+    """Both rewrite the session's stored body: the row lock must serialize them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    files = [upload(f"f{i}.txt", b"x") for i in range(12)]
+
+    def add(file_id: str) -> None:
+        client.beta.sessions.resources.add(session.id, type="file", file_id=file_id)
+
+    def retitle(i: int) -> None:
+        client.beta.sessions.update(session.id, title=f"title {i}")
+
+    with ThreadPoolExecutor(8) as pool:
+        jobs = [pool.submit(add, f) for f in files] + [pool.submit(retitle, i) for i in range(12)]
+        for job in jobs:
+            job.result()
+    listed = client.beta.sessions.resources.list(session.id)
+    assert sorted(r.file_id for r in listed.data) == sorted(files)
+    assert client.beta.sessions.retrieve(session.id).title.startswith("title ")

@@ -95,7 +95,7 @@ async def update_session(store: Store, session_id: str, params: SessionUpdate) -
     if "vault_ids" in given:
         raise InvalidRequest("vault_ids cannot be changed after a session is created")
     async with store.events.transaction() as tx:
-        current = await store.sessions.get(session_id, tx.conn)
+        current = await store.sessions.get(session_id, tx.conn, for_update=True)
         if current.status == "terminated":
             raise InvalidRequest(f"session {session_id} is terminated and cannot be updated")
         changes: dict[str, Any] = {}
@@ -153,7 +153,7 @@ def _update_agent(agent: SessionAgent, params: Any) -> SessionAgent:
 
 async def archive_session(store: Store, session_id: str) -> Session:
     async with store.events.transaction() as tx:
-        current = await store.sessions.get(session_id, tx.conn)
+        current = await store.sessions.get(session_id, tx.conn, for_update=True)
         if current.archived_at is not None:
             return current
         if current.status in ACTIVE:

@@ -102,8 +102,12 @@ class SessionRepo:
                 await tx.append(session.id, initial_events)
         return await self.get(session.id)
 
-    async def get(self, session_id: str, conn: AsyncConnection | None = None) -> Session:
+    async def get(self, session_id: str, conn: AsyncConnection | None = None, *, for_update: bool = False) -> Session:
+        """The session; with `for_update` (inside a write transaction), its row stays locked until commit
+        on PostgreSQL, so read-modify-write of its body cannot lose a concurrent change."""
         query = select(*_COLUMNS).where(t.sessions.c.id == session_id)
+        if for_update:
+            query = query.with_for_update()
         if conn is not None:
             row = (await conn.execute(query)).first()
         else:
