@@ -107,9 +107,7 @@ class Harness:
                 watcher.close()
 
     async def _load(self, session_id: str) -> _Pass:
-        async with self.store.db.read() as conn:  # one snapshot: the session row agrees with its log
-            session = await self.store.sessions.get(session_id, conn)
-            events, records = await self.store.events.load(session_id, conn)
+        session, events, records = await self.store.sessions.snapshot(session_id)  # row and log agree
         return _Pass(session, fold(events, records), events[-1][0] if events else 0)
 
     async def _step(self, session_id: str, owner: str, watcher: _InterruptWatcher) -> bool:

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
 from sqlalchemy import bindparam, func, insert, select, text, update
-from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -33,7 +32,7 @@ from ..errors import NotFound
 from ..schemas.common import format_timestamp, from_micros, now_micros, to_micros
 from ..schemas.events import Event
 from . import tables as t
-from .db import Database
+from .db import Database, sqlite_sql
 from .derive import SessionState, apply
 from .hub import EventHub, LoggedEvent
 
@@ -235,12 +234,6 @@ class _Plan:
         ]
 
 
-def _compiled(statement: Any) -> tuple[str, tuple[str, ...]]:
-    """SQLite SQL and positional parameter names of a Core statement (the schema stays in tables.py)."""
-    compiled = statement.compile(dialect=sqlite_dialect())
-    return str(compiled), tuple(compiled.positiontup or ())
-
-
 def _write_sqlite(conn: sqlite3.Connection, batch: list[_Pending], session_ids: list[str]) -> _Plan:
     """The group commit on SQLite: runs on the database's writer thread, inside its transaction."""
     marks = ",".join("?" * len(session_ids))
@@ -264,6 +257,18 @@ def _refusal(head: _Head | None, session_id: str, owner: str | None) -> Exceptio
     if owner is not None and head.lease_owner != owner:
         return LeaseLost(f"worker {owner} no longer holds session {session_id}")
     return None
+
+
+Records = dict[str, dict[str, Any]]
+"""A session's harness records by key: {"kind": ..., **body}."""
+
+
+def _parse_log(rows: Any, records: Any) -> tuple[list[tuple[int, dict[str, Any]]], Records]:
+    """(seq, wire dict) per event and records by key, from rows of `_LOG` and `_RECORDS`."""
+    return (
+        [(seq, json.loads(body)) for seq, body in rows],
+        {key: {"kind": kind, **json.loads(body)} for key, kind, body in records},
+    )
 
 
 def _fail(batch: list[_Pending], exc: BaseException) -> None:
@@ -308,8 +313,12 @@ _UPDATE_HEAD = (
 )
 _HEAD_NAMES = ", ".join(c.name for c in _HEAD_COLUMNS)
 _SQLITE_HEADS = f"SELECT {_HEAD_NAMES} FROM {t.sessions.name} WHERE {t.sessions.c.id.name} IN ({{marks}})"
-_SQLITE_INSERT = _compiled(insert(t.events).values({c.name: bindparam(c.name) for c in t.events.c}))
-_SQLITE_UPDATE = _compiled(_UPDATE_HEAD)
+_SQLITE_INSERT = sqlite_sql(insert(t.events).values({c.name: bindparam(c.name) for c in t.events.c}))
+_SQLITE_UPDATE = sqlite_sql(_UPDATE_HEAD)
+_LOG = select(t.events.c.seq, t.events.c.body).order_by(t.events.c.seq)
+_RECORDS = select(t.harness_records.c.key, t.harness_records.c.kind, t.harness_records.c.body)
+_SQLITE_LOG = sqlite_sql(_LOG.where(t.events.c.session_id == bindparam("sid")))[0]
+_SQLITE_RECORDS = sqlite_sql(_RECORDS.where(t.harness_records.c.session_id == bindparam("sid")))[0]
 _NOTIFY_ALL = text("SELECT pg_notify(:channel, payload) FROM unnest(CAST(:payloads AS text[])) AS payload")
 _MARK_PROCESSED = (
     update(t.events)
@@ -324,8 +333,8 @@ _MARK_PROCESSED = (
     )
 )
 """Set `processed_at` on a queued client event: the one change the log ever makes to an event."""
-_SQLITE_RECORD = _compiled(insert(t.harness_records).values({c.name: bindparam(c.name) for c in t.harness_records.c}))
-_SQLITE_MARK = _compiled(_MARK_PROCESSED)
+_SQLITE_RECORD = sqlite_sql(insert(t.harness_records).values({c.name: bindparam(c.name) for c in t.harness_records.c}))
+_SQLITE_MARK = sqlite_sql(_MARK_PROCESSED)
 
 
 class EventLog:
@@ -544,23 +553,18 @@ class EventLog:
         if conn is None:
             async with self.db.read() as c:
                 return await self.load(session_id, c)
-        rows = (
-            await conn.execute(
-                select(t.events.c.seq, t.events.c.body)
-                .where(t.events.c.session_id == session_id)
-                .order_by(t.events.c.seq)
-            )
-        ).all()
-        records = (
-            await conn.execute(
-                select(t.harness_records.c.key, t.harness_records.c.kind, t.harness_records.c.body).where(
-                    t.harness_records.c.session_id == session_id
-                )
-            )
-        ).all()
-        return (
-            [(r.seq, json.loads(r.body)) for r in rows],
-            {r.key: {"kind": r.kind, **json.loads(r.body)} for r in records},
+        rows = (await conn.execute(_LOG.where(t.events.c.session_id == session_id))).all()
+        records = (await conn.execute(_RECORDS.where(t.harness_records.c.session_id == session_id))).all()
+        return _parse_log(rows, records)
+
+    @staticmethod
+    def load_sqlite(
+        conn: sqlite3.Connection, session_id: str
+    ) -> tuple[list[tuple[int, dict[str, Any]]], dict[str, dict[str, Any]]]:
+        """`load` on a plain sqlite3 connection (inside `Database.run_sqlite_read`)."""
+        return _parse_log(
+            conn.execute(_SQLITE_LOG, (session_id,)).fetchall(),
+            conn.execute(_SQLITE_RECORDS, (session_id,)).fetchall(),
         )
 
     async def head(self, session_id: str) -> int:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import collections
 import json
+import sqlite3
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..errors import NotFound
@@ -15,7 +17,7 @@ from ..schemas.common import from_micros, now_micros, to_micros
 from ..schemas.events import Event
 from ..schemas.sessions import Session, SessionUsage
 from . import tables as t
-from .db import Database
+from .db import Database, sqlite_sql
 from .derive import SessionState
 from .events import EventLog, Tx
 from .pages import Cursor, Page, keyset, make_page
@@ -38,6 +40,10 @@ _COLUMNS = (
     t.sessions.c.body,
     t.sessions.c.usage,
 )
+
+
+_SessionRow = collections.namedtuple("_SessionRow", [c.name for c in _COLUMNS])  # type: ignore[misc]
+_SQLITE_SESSION = sqlite_sql(select(*_COLUMNS).where(t.sessions.c.id == bindparam("sid")))[0]
 
 
 def _to_model(row: Any, prices: dict[str, list[float]] | None = None) -> Session:
@@ -101,6 +107,28 @@ class SessionRepo:
             if initial_events:
                 await tx.append(session.id, initial_events)
         return await self.get(session.id)
+
+    async def snapshot(
+        self, session_id: str
+    ) -> tuple[Session, list[tuple[int, dict[str, Any]]], dict[str, dict[str, Any]]]:
+        """The session, its whole log and its harness records, read in one consistent snapshot.
+
+        The harness reads this on every pass; on SQLite it is one plain-sqlite3 read transaction on a
+        reader thread (one thread hop instead of one per statement and per transaction step)."""
+        if self.db.is_sqlite:
+
+            def read(conn: sqlite3.Connection) -> tuple[Any, Any]:
+                row = conn.execute(_SQLITE_SESSION, (session_id,)).fetchone()
+                return row, (EventLog.load_sqlite(conn, session_id) if row is not None else None)
+
+            row, log = await self.db.run_sqlite_read(read)
+            if row is None:
+                raise NotFound("session", session_id)
+            return _to_model(_SessionRow(*row), self.prices), *log
+        async with self.db.read() as conn:
+            session = await self.get(session_id, conn)
+            events, records = await self.log.load(session_id, conn)
+        return session, events, records
 
     async def get(self, session_id: str, conn: AsyncConnection | None = None, *, for_update: bool = False) -> Session:
         """The session; with `for_update` (inside a write transaction), its row stays locked until commit
