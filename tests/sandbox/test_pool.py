@@ -152,3 +152,21 @@ async def test_sessions_with_files_or_another_recipe_get_their_own_sandbox(sandb
         assert other is not warm.sandbox and warm.home.exists()
     finally:
         await pool.aclose()
+
+
+async def test_uids_running_processes_elsewhere_are_not_handed_out(sandbox_root: Path) -> None:
+    """Another corral process's pool hands out the same range: a uid in use on the machine is skipped."""
+    if os.geteuid() != 0:
+        pytest.skip("only root hands sandboxes their own uids")
+    import subprocess
+
+    squatter = subprocess.Popen(["sleep", "30"], user=UID_BASE, group=UID_BASE)
+    pool = SandboxPool(sandbox_root / "squatted")
+    try:
+        sandbox = await pool.get(SandboxSpec("fresh", ""))
+        assert isinstance(sandbox, BwrapSandbox) and sandbox.host_uid not in (None, UID_BASE)
+        assert pool.workdir_for("fresh").stat().st_uid == sandbox.host_uid
+    finally:
+        squatter.kill()
+        squatter.wait()
+        await pool.aclose()

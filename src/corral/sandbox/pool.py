@@ -15,6 +15,7 @@ files (a sandbox reclaimed when idle, or one that died) always get a fresh sandb
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -39,6 +40,17 @@ log = logging.getLogger(__name__)
 
 Backend = Literal["bwrap", "unsafe"]
 _SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+
+
+def _uids_with_processes() -> set[int]:
+    """The uids that own a running process (from /proc; empty where there is none)."""
+    uids = set()
+    with contextlib.suppress(OSError), os.scandir("/proc") as entries:
+        for entry in entries:
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError):
+                    uids.add(entry.stat(follow_symlinks=False).st_uid)
+    return uids
 
 
 def session_dir(root_dir: Path, session_id: str) -> Path:
@@ -237,7 +249,10 @@ class SandboxPool:
             os.chmod(d, 0o711)
 
     def _uid_for(self, session_id: str, workdir: Path) -> int:
-        """Keep a session's uid stable: reuse the workdir's owner when it is ours and free (no chown)."""
+        """Keep a session's uid stable: reuse the workdir's owner when it is ours and free (no chown).
+
+        A new uid is one no sandbox of this pool has and no process on the machine runs as: pools of
+        other corral processes on the same machine hand out the same range."""
         if session_id in self._uids:
             return self._uids[session_id]
         taken = set(self._uids.values())
@@ -248,6 +263,7 @@ class SandboxPool:
         if owner in self._uid_range and owner not in taken:
             uid = owner
         else:
+            taken |= _uids_with_processes()
             free = next((u for u in self._uid_range if u not in taken), None)
             if free is None:
                 raise RuntimeError("no free sandbox uids left in the pool's range")
