@@ -252,6 +252,53 @@ def test_message_sent_mid_turn_joins_the_next_model_call(agents: anthropic.Anthr
     assert [m["role"] for m in request] == ["user", "assistant", "user"]
 
 
+def test_steps_of_one_turn_chain_their_spans(agents: anthropic.Anthropic, fake: FakeModel) -> None:
+    """A step whose next move is a model call appends that call's span start with its own events:
+    every span of the turn still opens once, closes once, in order, and none is marked failed."""
+    session = new_session(agents)
+    for i in range(3):
+        fake.reply(tool_use=[("teleport", {"to": f"planet {i}"})])
+    fake.reply(text="done")
+    seen = turn(agents, session.id, [text("go")])
+    spans = [
+        (e.type, e.id if e.type == "span.model_request_start" else e.model_request_start_id)
+        for e in seen
+        if e.type.startswith("span.")
+    ]
+    assert [kind for kind, _ in spans] == ["span.model_request_start", "span.model_request_end"] * 4
+    assert all(spans[i][1] == spans[i + 1][1] for i in range(0, 8, 2))
+    assert not any(e.is_error for e in seen if e.type == "span.model_request_end")
+    assert len(fake.model_requests) == 4
+    logged = list(agents.beta.sessions.events.list(session.id, limit=100))
+    assert len({e.id for e in logged}) == len(logged)
+
+
+def test_a_message_arriving_between_steps_is_read_before_the_next_call(
+    agents: anthropic.Anthropic, fake: FakeModel
+) -> None:
+    """The worker keeps the log in memory between the steps of a run; input another writer appends
+    meanwhile must still reach the next model call."""
+    session = new_session(agents)
+    fake.reply(tool_use=[("teleport", {"to": "mars"})], delay=0.3)
+    fake.respond_with(lambda body: Reply(text=f"got: {last_user_text(body)}"))
+    seen: list = []
+    with agents.beta.sessions.events.stream(session.id) as stream:
+        agents.beta.sessions.events.send(session.id, events=[text("first")])
+        for event in stream:
+            seen.append(event)
+            if event.type == "span.model_request_start" and len(seen) < 5:
+                agents.beta.sessions.events.send(session.id, events=[text("second")])
+            if event.type == "session.status_idle":
+                break
+    second = fake.model_requests[1].json["messages"]
+    texts = [b.get("text") for m in second for b in m["content"] if isinstance(b, dict)]
+    assert "second" in texts
+    assert [e.content[0].text for e in seen if e.type == "agent.message"] == ["got: second"]
+    logged = list(agents.beta.sessions.events.list(session.id, limit=100))
+    assert [e.type for e in logged].count("user.message") == 2
+    assert len({e.id for e in logged}) == len(logged)
+
+
 def test_budget_stops_the_session(agents: anthropic.Anthropic, fake: FakeModel) -> None:
     created = agents.beta.agents.create(name="pricey", model="claude-budget-1")
     env = agents.beta.environments.create(name=f"budget-{time.time_ns()}")

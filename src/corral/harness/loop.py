@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -38,11 +38,13 @@ from ..schemas.events import (
     error_object,
 )
 from ..schemas.sessions import Session
+from ..store.events import Record
 from ..store.store import Store
 from . import crashpoints
 from .compaction import Compactor
-from .context import Conversation, ToolUse, fold, input_key, run_key
+from .context import Conversation, ToolUse, input_key, run_key
 from .policies import decide, model_tools
+from .runlog import RunLog
 from .tools import ToolRunner
 
 __all__ = ["Harness", "Interrupted"]
@@ -83,6 +85,8 @@ class _Pass:
     session: Session
     convo: Conversation
     head: int
+    log: RunLog
+    watcher: _InterruptWatcher
 
 
 class Harness:
@@ -100,60 +104,65 @@ class Harness:
         # The first pass tells the watcher where the log stands (`watcher.seen`).
         with self.store.hub.follow(session_id, 0) as channel:
             watcher = _InterruptWatcher(self.store, session_id, channel, 0)
+            runlog = RunLog(self.store, session_id, owner)
             try:
-                while await self._step(session_id, owner, watcher):
+                while await self._step(runlog, watcher):
                     pass
             finally:
                 watcher.close()
 
-    async def _load(self, session_id: str) -> _Pass:
-        session, events, records = await self.store.sessions.snapshot(session_id)  # row and log agree
-        return _Pass(session, fold(events, records), events[-1][0] if events else 0)
+    async def _load(self, runlog: RunLog, watcher: _InterruptWatcher) -> _Pass:
+        session = await runlog.refresh()  # the row and the log agree
+        return _Pass(session, runlog.fold(), runlog.head, runlog, watcher)
 
-    async def _step(self, session_id: str, owner: str, watcher: _InterruptWatcher) -> bool:
+    async def _step(self, runlog: RunLog, watcher: _InterruptWatcher) -> bool:
         """Take one action; False when the session is waiting (or cannot go on)."""
-        p = await self._load(session_id)
+        p = await self._load(runlog, watcher)
         convo, session = p.convo, p.session
         watcher.seen(p.head)
+        chained, runlog.chained_span = runlog.chained_span, None
         if session.status == "terminated" or session.archived_at is not None:
-            await self._append(session_id, owner, [], needs_work=False, head=p.head)
+            await self._append(p, [], needs_work=False, head=p.head)
             return False
-        if convo.open_span:  # a model call that never finished (crash or interrupt)
-            await self._append(session_id, owner, [_span_end(convo.open_span, None, error=True)])
-            return True
         interrupts = [(s, e) for s, e in convo.pending if e["type"] == "user.interrupt"]
+        if convo.open_span and convo.open_span == chained and not interrupts:
+            await self._model_call(p, chained)  # started with the previous step's append
+            return True
+        if convo.open_span:  # a model call that never finished (crash or interrupt)
+            await self._append(p, [_span_end(convo.open_span, None, error=True)])
+            return True
         if interrupts:  # interrupts jump the queue: take in everything up to the last one
             last = interrupts[-1][0]
-            await self._take_in(p, owner, [(s, e) for s, e in convo.pending if s <= last])
+            await self._take_in(p, [(s, e) for s, e in convo.pending if s <= last])
             return True
         runnable = [t for t in convo.tool_uses.values() if t.runnable]
         if runnable:
-            await self._run_tool(p, owner, runnable[0], watcher)
+            await self._run_tool(p, runnable[0])
             return True
         if convo.pending:
-            await self._take_in(p, owner, convo.pending)
+            await self._take_in(p, convo.pending)
             return True
         waiting = [t.event_id for t in convo.tool_uses.values() if t.waiting_on_client]
         if waiting:
             stop = {"type": "requires_action", "event_ids": waiting}
             if convo.status != "idle" or (convo.last_idle or {}).get("stop_reason") != stop:
-                await self._append(session_id, owner, [_idle(stop)], needs_work=False, head=p.head)
+                await self._append(p, [_idle(stop)], needs_work=False, head=p.head)
             else:
-                await self._append(session_id, owner, [], needs_work=False, head=p.head)
+                await self._append(p, [], needs_work=False, head=p.head)
             return False
         if convo.needs_model_call():
-            return await self._before_model_call(p, owner, watcher)
+            return await self._before_model_call(p)
         # nothing left to do: the turn is over
         if convo.status != "idle":
             stop = {"type": "refusal"} if convo.last_stop_reason == "refusal" else {"type": "end_turn"}
-            await self._append(session_id, owner, [_idle(stop)], needs_work=False, head=p.head)
+            await self._append(p, [_idle(stop)], needs_work=False, head=p.head)
         else:
-            await self._append(session_id, owner, [], needs_work=False, head=p.head)
+            await self._append(p, [], needs_work=False, head=p.head)
         return False
 
     # ---- input --------------------------------------------------------------------------------
 
-    async def _take_in(self, p: _Pass, owner: str, pending: list[tuple[int, dict[str, Any]]]) -> None:
+    async def _take_in(self, p: _Pass, pending: list[tuple[int, dict[str, Any]]]) -> None:
         """Mark queued client events processed, recording where in the log they were taken in."""
         interrupted = any(e["type"] == "user.interrupt" for _, e in pending)
         starts_work = any(e["type"] in ("user.message", "user.tool_confirmation") for _, e in pending)
@@ -164,69 +173,61 @@ class Harness:
             last_stop = (p.convo.last_idle or {}).get("stop_reason", {}).get("type")
             if p.convo.status != "idle" or last_stop == "requires_action":
                 events.append(_idle({"type": "end_turn"}))
-        await self.store.events.append(
-            p.session.id,
+        await p.log.append(
             events,
-            owner=owner,
             records=[(input_key(e["id"]), "input", {"after_seq": p.head}) for _, e in pending],
             processed=[s for s, _ in pending],
         )
 
     # ---- tools --------------------------------------------------------------------------------
 
-    async def _run_tool(self, p: _Pass, owner: str, tool: ToolUse, watcher: _InterruptWatcher) -> None:
+    async def _run_tool(self, p: _Pass, tool: ToolUse) -> None:
         session_id = p.session.id
         if tool.started:  # it began under a worker that is gone: never run it twice
-            await self._append(session_id, owner, [_tool_result(tool, WORKER_STOPPED, error=True)])
+            await self._append(p, [_tool_result(tool, WORKER_STOPPED, error=True)])
             return
         if p.convo.turn_tool_calls > self.settings.max_tool_calls_per_turn:
-            await self._limit_reached(session_id, owner, "tool calls")
+            await self._limit_reached(p, "tool calls")
             return
         events: list[Event] = []
         if p.convo.status != "running":
             events.append(SessionStatusRunning(id=new_id("event"), processed_at=_now()))
-        record = (run_key(tool.event_id), "tool_run", {"owner": owner})
-        await self.store.events.append(session_id, events, owner=owner, records=[record])
+        await p.log.append(events, records=[(run_key(tool.event_id), "tool_run", {"owner": p.log.owner})])
         await crashpoints.reach("after_tool_start")
         try:
-            result = await watcher.guard(
+            result = await p.watcher.guard(
                 self.tools.run(p.session, tool.name, tool.input), lambda: self.tools.interrupt(session_id)
             )
         except Interrupted:
-            await self._append(session_id, owner, [_tool_result(tool, "Interrupted by the user.", error=True)])
+            await self._append(p, [_tool_result(tool, "Interrupted by the user.", error=True)])
             return
         except Exception as exc:  # a broken tool must not wedge the session
             log.exception("tool %s failed in session %s", tool.name, session_id)
-            await self._append(session_id, owner, [_tool_result(tool, f"Tool error: {exc}", error=True)])
+            await self._append(p, [_tool_result(tool, f"Tool error: {exc}", error=True)])
             return
-        await self._append(
-            session_id,
-            owner,
-            [
-                AgentToolResult(
-                    id=new_id("event"),
-                    processed_at=_now(),
-                    tool_use_id=tool.event_id,
-                    content=result.content,
-                    is_error=result.is_error,
-                )
-            ],
-        )
+        done: list[Event] = [
+            AgentToolResult(
+                id=new_id("event"),
+                processed_at=_now(),
+                tool_use_id=tool.event_id,
+                content=result.content,
+                is_error=result.is_error,
+            )
+        ]
+        await p.log.append(self._chain(p, done))
         await crashpoints.reach("after_tool_result")
 
     # ---- model --------------------------------------------------------------------------------
 
-    async def _before_model_call(self, p: _Pass, owner: str, watcher: _InterruptWatcher) -> bool:
+    async def _before_model_call(self, p: _Pass) -> bool:
         session, convo = p.session, p.convo
         if convo.turn_model_calls >= self.settings.max_model_calls_per_turn:
-            await self._limit_reached(session.id, owner, "model calls")
+            await self._limit_reached(p, "model calls")
             return False
         if session.budget is not None:
             priced = price_for(session.agent.model.id, self.settings.model_prices) is not None
             if not priced or int(session.usage.list_cost.amount) >= int(session.budget.max_list_cost.amount):
-                await self._append(
-                    session.id, owner, [_idle({"type": "budget_reached"})], needs_work=False, head=p.head
-                )
+                await self._append(p, [_idle({"type": "budget_reached"})], needs_work=False, head=p.head)
                 return False
         if self.compactor.due(convo):
             if convo.compactions >= self.settings.max_compactions:
@@ -234,18 +235,33 @@ class Harness:
                     "compaction_limit_reached_error", "The context cannot be compacted again.", "exhausted"
                 )
                 await self._append(
-                    session.id,
-                    owner,
-                    [
-                        SessionError(id=new_id("event"), processed_at=_now(), error=error),
-                        _idle({"type": "retries_exhausted"}),
-                    ],
+                    p, [SessionError(id=new_id("event"), processed_at=_now(), error=error), _idle(_EXHAUSTED)]
                 )
                 return True
-            await self._compact(p, owner, watcher)
+            await self._compact(p)
             return True
-        await self._model_call(p, owner, watcher)
+        await self._model_call(p, None)
         return True
+
+    def _chain(self, p: _Pass, events: list[Event], records: Sequence[Record] = ()) -> list[Event]:
+        """`events`, plus the next model call's span start when that call is sure to be the next step.
+
+        Writing both in one append saves a commit and a pass per model step. Only when nothing else
+        can come first: no input known to have arrived (the hub's head is ours), no budget to check
+        against usage the append is about to change, no limit reached, no compaction due. A worker
+        that dies after this append leaves an open span, closed as failed and re-issued like any other."""
+        if p.session.budget is not None or p.watcher.channel.head > p.log.head:
+            return events
+        after = p.log.fold(events, records)
+        if after.open_span or after.pending or not after.needs_model_call():
+            return events
+        if after.turn_model_calls >= self.settings.max_model_calls_per_turn or self.compactor.due(after):
+            return events
+        start = SpanModelRequestStart(id=new_id("event"), processed_at=_now())
+        p.log.chained_span = start.id
+        after.open_span = start.id  # what folding the start does (context._Folder.event)
+        p.log.expect(after, len(events) + 1)
+        return [*events, start]
 
     def _request(self, session: Session, convo: Conversation) -> ModelRequest:
         agent = session.agent
@@ -257,28 +273,30 @@ class Harness:
             max_tokens=self.settings.max_output_tokens,
         )
 
-    async def _model_call(self, p: _Pass, owner: str, watcher: _InterruptWatcher) -> None:
+    async def _model_call(self, p: _Pass, start_id: str | None) -> None:
+        """Call the model under the span `start_id` (already appended), or under a new one."""
         session_id = p.session.id
-        start = await self._start_span(p, owner)
+        if start_id is None:
+            start_id = (await self._start_span(p)).id
         await crashpoints.reach("after_model_start")
         ids = _ResponseIds(thinking=new_id("event"), message=new_id("event"))
         try:
-            response = await watcher.guard(self._stream(session_id, self._request(p.session, p.convo), ids))
+            response = await p.watcher.guard(self._stream(session_id, self._request(p.session, p.convo), ids))
         except Interrupted:
-            await self._append(session_id, owner, [_span_end(start.id, None, error=True)])
+            await self._append(p, [_span_end(start_id, None, error=True)])
             return
         except ModelError as exc:
-            await self._model_failed(p, owner, start.id, exc, watcher)
+            await self._model_failed(p, start_id, exc)
             return
         await crashpoints.reach("before_model_end")
-        await self._model_done(p, owner, start.id, ids, response)
+        await self._model_done(p, start_id, ids, response)
 
-    async def _start_span(self, p: _Pass, owner: str) -> SpanModelRequestStart:
+    async def _start_span(self, p: _Pass) -> SpanModelRequestStart:
         first: list[Event] = []
         if p.convo.status != "running":
             first.append(SessionStatusRunning(id=new_id("event"), processed_at=_now()))
         start = SpanModelRequestStart(id=new_id("event"), processed_at=_now())
-        await self._append(p.session.id, owner, [*first, start])
+        await self._append(p, [*first, start])
         return start
 
     async def _stream(self, session_id: str, request: ModelRequest, ids: _ResponseIds) -> ModelResponse:
@@ -323,9 +341,7 @@ class Harness:
                 return item
         raise ModelError("request_failed", "the model stream ended without a response")
 
-    async def _model_done(
-        self, p: _Pass, owner: str, start_id: str, ids: _ResponseIds, response: ModelResponse
-    ) -> None:
+    async def _model_done(self, p: _Pass, start_id: str, ids: _ResponseIds, response: ModelResponse) -> None:
         session = p.session
         now = _now()
         events: list[Event] = []
@@ -368,20 +384,18 @@ class Harness:
                 }
             )
         events.append(_span_end(start_id, response.usage, error=False))
-        output = {"content": content, "stop_reason": response.stop_reason, "tools": tools}
-        await self.store.events.append(session.id, events, owner=owner, records=[(start_id, "model_output", output)])
+        records: list[Record] = [
+            (start_id, "model_output", {"content": content, "stop_reason": response.stop_reason, "tools": tools})
+        ]
+        await p.log.append(self._chain(p, events, records), records=records)
         await crashpoints.reach("after_model_end")
 
-    async def _model_failed(
-        self, p: _Pass, owner: str, start_id: str, exc: ModelError, watcher: _InterruptWatcher
-    ) -> None:
-        session_id = p.session.id
+    async def _model_failed(self, p: _Pass, start_id: str, exc: ModelError) -> None:
         kind = _ERROR_KINDS[exc.kind]
         attempts = p.convo.failures + 1
         if exc.retryable and attempts <= self.settings.model_max_retries:
             await self._append(
-                session_id,
-                owner,
+                p,
                 [
                     _span_end(start_id, None, error=True),
                     SessionError(
@@ -392,63 +406,54 @@ class Harness:
             )
             delay = exc.retry_after or self.settings.model_retry_base_seconds * 2 ** (attempts - 1)
             try:
-                await watcher.guard(asyncio.sleep(min(delay, 60)))
+                await p.watcher.guard(asyncio.sleep(min(delay, 60)))
             except Interrupted:
                 return
             return
         # the turn is dead: queued input is flushed (processed, never shown to the model) and the session idles
         flushed = [(s, e) for s, e in p.convo.pending if e["type"] != "user.interrupt"]
-        await self.store.events.append(
-            session_id,
+        await p.log.append(
             [
                 _span_end(start_id, None, error=True),
                 SessionError(
                     id=new_id("event"), processed_at=_now(), error=error_object(kind, exc.message, "exhausted")
                 ),
-                _idle({"type": "retries_exhausted"}),
+                _idle(_EXHAUSTED),
             ],
-            owner=owner,
             records=[(input_key(e["id"]), "input", {"after_seq": p.head, "flushed": True}) for _, e in flushed],
             processed=[s for s, _ in flushed],
         )
 
-    async def _limit_reached(self, session_id: str, owner: str, what: str) -> None:
+    async def _limit_reached(self, p: _Pass, what: str) -> None:
         message = f"This turn reached the limit of {what} per turn."
         error = error_object("tool_use_limit_reached_error", message, "exhausted")
-        await self._append(
-            session_id,
-            owner,
-            [
-                SessionError(id=new_id("event"), processed_at=_now(), error=error),
-                _idle({"type": "retries_exhausted"}),
-            ],
-        )
+        await self._append(p, [SessionError(id=new_id("event"), processed_at=_now(), error=error), _idle(_EXHAUSTED)])
 
-    async def _compact(self, p: _Pass, owner: str, watcher: _InterruptWatcher) -> None:
+    async def _compact(self, p: _Pass) -> None:
         """The summary call is a model call like any other: it has its span and counts toward usage."""
-        start = await self._start_span(p, owner)
+        start = await self._start_span(p)
         try:
-            summary, usage = await watcher.guard(self.compactor.summarize(p.session, p.convo))
+            summary, usage = await p.watcher.guard(self.compactor.summarize(p.session, p.convo))
         except Interrupted:
-            await self._append(p.session.id, owner, [_span_end(start.id, None, error=True)])
+            await self._append(p, [_span_end(start.id, None, error=True)])
             return
         except ModelError as exc:
-            await self._model_failed(p, owner, start.id, exc, watcher)
+            await self._model_failed(p, start.id, exc)
             return
         event = self.compactor.event()
-        await self.store.events.append(
-            p.session.id,
-            [_span_end(start.id, usage, error=False), event],
-            owner=owner,
-            records=[(event.id, "compaction", {"summary": summary})],
+        await p.log.append(
+            [_span_end(start.id, usage, error=False), event], records=[(event.id, "compaction", {"summary": summary})]
         )
 
     # ---- plumbing -----------------------------------------------------------------------------
 
     async def _append(
-        self, session_id: str, owner: str, events: list[Event], needs_work: bool | None = None, head: int | None = None
+        self, p: _Pass, events: list[Event], needs_work: bool | None = None, head: int | None = None
     ) -> None:
-        await self.store.events.append(session_id, events, needs_work=needs_work, owner=owner, decided_at=head)
+        await p.log.append(events, needs_work=needs_work, decided_at=head)
+
+
+_EXHAUSTED = {"type": "retries_exhausted"}
 
 
 def _idle(stop_reason: dict[str, Any]) -> SessionStatusIdle:

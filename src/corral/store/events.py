@@ -22,9 +22,9 @@ import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
-from sqlalchemy import bindparam, func, insert, select, text, update
+from sqlalchemy import ARRAY, String, bindparam, func, insert, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -32,9 +32,12 @@ from ..errors import NotFound
 from ..schemas.common import format_timestamp, from_micros, now_micros, to_micros
 from ..schemas.events import Event
 from . import tables as t
-from .db import Database, sqlite_sql
+from .db import Database, pg_sql, sqlite_sql
 from .derive import SessionState, apply
 from .hub import EventHub, LoggedEvent
+
+if TYPE_CHECKING:
+    import asyncpg
 
 __all__ = ["EventLog", "LeaseLost", "Tx"]
 
@@ -250,6 +253,34 @@ def _write_sqlite(conn: sqlite3.Connection, batch: list[_Pending], session_ids: 
     return plan
 
 
+async def _write_pg(conn: asyncpg.Connection, batch: list[_Pending], session_ids: list[str], origin: str) -> _Plan:
+    """The group commit on PostgreSQL: plain asyncpg statements inside `Database.run_pg`'s transaction."""
+    found = await conn.fetch(_PG_HEADS, session_ids)  # FOR UPDATE, in id order: a stable lock order
+    plan = _Plan.make(batch, {row[0]: _Head.from_row(_HeadRow(*row)) for row in found})
+    for (sql, names), params in (
+        (_PG_INSERT, plan.rows),
+        (_PG_UPDATE, plan.head_params()),
+        (_PG_RECORD, plan.records),
+        (_PG_MARK, plan.marks),
+    ):
+        if params:
+            await conn.executemany(sql, [tuple(p[k] for k in names) for p in params])
+    for channel, payloads in _notices({sid: plan.heads[sid].seq for sid in plan.appended}, plan.woken, origin):
+        await conn.execute(_PG_NOTIFY, channel, payloads)
+    return plan
+
+
+def _notices(heads: dict[str, int], woken: Iterable[str], origin: str) -> list[tuple[str, list[str]]]:
+    """PostgreSQL notifications for a commit: `<session id>:<head>:<origin>` on `corral_events` and
+    `<session id>:<origin>` on `corral_wake`, so listeners learn the new head without a query and
+    skip their own news. Delivered on commit, dropped on rollback."""
+    notices = (
+        ("corral_events", [f"{sid}:{head}:{origin}" for sid, head in heads.items()]),
+        ("corral_wake", [f"{sid}:{origin}" for sid in woken]),
+    )
+    return [(channel, payloads) for channel, payloads in notices if payloads]
+
+
 def _refusal(head: _Head | None, session_id: str, owner: str | None) -> Exception | None:
     """Why an append may not go ahead: the session is gone, or `owner` no longer holds its lease."""
     if head is None:
@@ -319,6 +350,8 @@ _LOG = select(t.events.c.seq, t.events.c.body).order_by(t.events.c.seq)
 _RECORDS = select(t.harness_records.c.key, t.harness_records.c.kind, t.harness_records.c.body)
 _SQLITE_LOG = sqlite_sql(_LOG.where(t.events.c.session_id == bindparam("sid")))[0]
 _SQLITE_RECORDS = sqlite_sql(_RECORDS.where(t.harness_records.c.session_id == bindparam("sid")))[0]
+_PG_LOG = pg_sql(_LOG.where(t.events.c.session_id == bindparam("sid")))[0]
+_PG_RECORDS = pg_sql(_RECORDS.where(t.harness_records.c.session_id == bindparam("sid")))[0]
 _NOTIFY_ALL = text("SELECT pg_notify(:channel, payload) FROM unnest(CAST(:payloads AS text[])) AS payload")
 _MARK_PROCESSED = (
     update(t.events)
@@ -333,6 +366,17 @@ _MARK_PROCESSED = (
     )
 )
 """Set `processed_at` on a queued client event: the one change the log ever makes to an event."""
+_PG_HEADS = pg_sql(
+    select(*_HEAD_COLUMNS)
+    .where(t.sessions.c.id == func.any(bindparam("ids", type_=ARRAY(String))))
+    .order_by(t.sessions.c.id)
+    .with_for_update()
+)[0]
+_PG_INSERT = pg_sql(insert(t.events).values({c.name: bindparam(c.name) for c in t.events.c}))
+_PG_UPDATE = pg_sql(_UPDATE_HEAD)
+_PG_RECORD = pg_sql(insert(t.harness_records).values({c.name: bindparam(c.name) for c in t.harness_records.c}))
+_PG_MARK = pg_sql(_MARK_PROCESSED)
+_PG_NOTIFY = "SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS payload"
 _SQLITE_RECORD = sqlite_sql(insert(t.harness_records).values({c.name: bindparam(c.name) for c in t.harness_records.c}))
 _SQLITE_MARK = sqlite_sql(_MARK_PROCESSED)
 
@@ -360,18 +404,11 @@ class EventLog:
             self.hub.wake(session_id)
 
     async def _notify(self, conn: AsyncConnection, heads: dict[str, int], woken: Iterable[str]) -> None:
-        """Tell other processes (PostgreSQL): delivered on commit, dropped on rollback.
-
-        Payloads are `<session id>:<head>:<origin>` (`corral_events`) and `<session id>:<origin>`
-        (`corral_wake`): listeners learn the new head without a query and skip their own news."""
+        """Tell other processes (PostgreSQL), in the transaction (see `_notices`)."""
         if self.db.is_sqlite:
             return
-        for channel, payloads in (
-            ("corral_events", [f"{sid}:{head}:{self.origin}" for sid, head in heads.items()]),
-            ("corral_wake", [f"{sid}:{self.origin}" for sid in woken]),
-        ):
-            if payloads:  # one statement however many sessions the batch touched
-                await conn.execute(_NOTIFY_ALL, {"channel": channel, "payloads": payloads})
+        for channel, payloads in _notices(heads, woken, self.origin):  # one statement per channel
+            await conn.execute(_NOTIFY_ALL, {"channel": channel, "payloads": payloads})
 
     async def append(
         self,
@@ -445,19 +482,7 @@ class EventLog:
             except sqlite3.Error as e:  # the same exception types as the SQLAlchemy paths raise
                 raise DBAPIError.instance(None, None, e, sqlite3.Error) from e
         else:
-            async with self.db.write() as conn:
-                query = select(*_HEAD_COLUMNS).where(t.sessions.c.id.in_(session_ids)).order_by(t.sessions.c.id)
-                rows = await conn.execute(query.with_for_update())
-                plan = _Plan.make(batch, {row.id: _Head.from_row(row) for row in rows})
-                if plan.rows:
-                    await conn.execute(insert(t.events), plan.rows)
-                if plan.heads:
-                    await conn.execute(_UPDATE_HEAD, plan.head_params())
-                if plan.records:
-                    await conn.execute(insert(t.harness_records), plan.records)
-                if plan.marks:
-                    await conn.execute(_MARK_PROCESSED, plan.marks)
-                await self._notify(conn, {sid: plan.heads[sid].seq for sid in plan.appended}, plan.woken)
+            plan = await self.db.run_pg(lambda conn: _write_pg(conn, batch, session_ids, self.origin))
         for item, exc in plan.failed:
             _fail([item], exc)
         for item in plan.done:
@@ -566,6 +591,13 @@ class EventLog:
             conn.execute(_SQLITE_LOG, (session_id,)).fetchall(),
             conn.execute(_SQLITE_RECORDS, (session_id,)).fetchall(),
         )
+
+    @staticmethod
+    async def load_pg(
+        conn: asyncpg.Connection, session_id: str
+    ) -> tuple[list[tuple[int, dict[str, Any]]], dict[str, dict[str, Any]]]:
+        """`load` on a plain asyncpg connection (inside `Database.run_pg`)."""
+        return _parse_log(await conn.fetch(_PG_LOG, session_id), await conn.fetch(_PG_RECORDS, session_id))
 
     async def head(self, session_id: str) -> int:
         async with self.db.read() as conn:

@@ -6,9 +6,9 @@ import collections
 import json
 import sqlite3
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy import and_, bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..errors import NotFound
@@ -17,11 +17,14 @@ from ..schemas.common import from_micros, now_micros, to_micros
 from ..schemas.events import Event
 from ..schemas.sessions import Session, SessionUsage
 from . import tables as t
-from .db import Database, sqlite_sql
+from .db import Database, pg_sql, sqlite_sql
 from .derive import SessionState
 from .events import EventLog, Tx
 from .pages import Cursor, Page, keyset, make_page
 from .resources import time_filters
+
+if TYPE_CHECKING:
+    import asyncpg
 
 __all__ = ["SessionRepo"]
 
@@ -43,7 +46,23 @@ _COLUMNS = (
 
 
 _SessionRow = collections.namedtuple("_SessionRow", [c.name for c in _COLUMNS])  # type: ignore[misc]
-_SQLITE_SESSION = sqlite_sql(select(*_COLUMNS).where(t.sessions.c.id == bindparam("sid")))[0]
+_SESSION = select(*_COLUMNS).where(t.sessions.c.id == bindparam("sid"))
+_SQLITE_SESSION = sqlite_sql(_SESSION)[0]
+_PG_SESSION = pg_sql(_SESSION)[0]
+# The row and the events past a position, in one statement (so they agree): the row's columns repeat
+# on each event row, and stand alone (event columns NULL) when there is none.
+_SINCE = (
+    select(*_COLUMNS, t.events.c.seq, t.events.c.body.label("event_body"))
+    .select_from(
+        t.sessions.outerjoin(
+            t.events, and_(t.events.c.session_id == t.sessions.c.id, t.events.c.seq > bindparam("after"))
+        )
+    )
+    .where(t.sessions.c.id == bindparam("sid"))
+    .order_by(t.events.c.seq)
+)
+_SQLITE_SINCE = sqlite_sql(_SINCE)
+_PG_SINCE = pg_sql(_SINCE)
 
 
 def _to_model(row: Any, prices: dict[str, list[float]] | None = None) -> Session:
@@ -113,8 +132,8 @@ class SessionRepo:
     ) -> tuple[Session, list[tuple[int, dict[str, Any]]], dict[str, dict[str, Any]]]:
         """The session, its whole log and its harness records, read in one consistent snapshot.
 
-        The harness reads this on every pass; on SQLite it is one plain-sqlite3 read transaction on a
-        reader thread (one thread hop instead of one per statement and per transaction step)."""
+        The harness reads this when it takes a session up; it goes around SQLAlchemy (one plain
+        sqlite3 read transaction on a reader thread, or one asyncpg REPEATABLE READ transaction)."""
         if self.db.is_sqlite:
 
             def read(conn: sqlite3.Connection) -> tuple[Any, Any]:
@@ -122,13 +141,37 @@ class SessionRepo:
                 return row, (EventLog.load_sqlite(conn, session_id) if row is not None else None)
 
             row, log = await self.db.run_sqlite_read(read)
-            if row is None:
-                raise NotFound("session", session_id)
-            return _to_model(_SessionRow(*row), self.prices), *log
-        async with self.db.read() as conn:
-            session = await self.get(session_id, conn)
-            events, records = await self.log.load(session_id, conn)
-        return session, events, records
+        else:
+
+            async def read_pg(conn: asyncpg.Connection) -> tuple[Any, Any]:
+                row = await conn.fetchrow(_PG_SESSION, session_id)
+                return row, (await EventLog.load_pg(conn, session_id) if row is not None else None)
+
+            row, log = await self.db.run_pg(read_pg, readonly=True, snapshot=True)
+        if row is None:
+            raise NotFound("session", session_id)
+        return _to_model(_SessionRow(*row), self.prices), *log
+
+    async def since(self, session_id: str, after: int) -> tuple[Session, list[tuple[int, dict[str, Any]]]]:
+        """The session and the events of its log past position `after`, in one statement.
+
+        What a worker that already holds the log up to `after` reads on each step (usually no event)."""
+        if self.db.is_sqlite:
+            sql, names = _SQLITE_SINCE
+            params = {"sid": session_id, "after": after}
+            rows = await self.db.run_sqlite_read(
+                lambda conn: conn.execute(sql, tuple(params[n] for n in names)).fetchall()
+            )
+        else:
+            sql, names = _PG_SINCE
+            params = {"sid": session_id, "after": after}
+            rows = await self.db.run_pg(lambda conn: conn.fetch(sql, *(params[n] for n in names)), transaction=False)
+        if not rows:
+            raise NotFound("session", session_id)
+        width = len(_COLUMNS)
+        session = _to_model(_SessionRow(*tuple(rows[0])[:width]), self.prices)
+        events = [(row[width], json.loads(row[width + 1])) for row in rows if row[width] is not None]
+        return session, events
 
     async def get(self, session_id: str, conn: AsyncConnection | None = None, *, for_update: bool = False) -> Session:
         """The session; with `for_update` (inside a write transaction), its row stays locked until commit
