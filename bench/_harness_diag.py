@@ -83,8 +83,9 @@ def instrument(runtime: Any) -> None:
     from sqlalchemy import event
 
     from corral.api.routes import events as routes_events
-    from corral.harness import loop
+    from corral.harness import runlog
     from corral.harness.loop import Harness
+    from corral.harness.runlog import RunLog
     from corral.harness.worker import WorkerPool
     from corral.store.db import Database
     from corral.store.events import EventLog
@@ -101,6 +102,8 @@ def instrument(runtime: Any) -> None:
         (Harness, "run", "harness: Harness.run (whole run, model call included)"),
         (Harness, "_step", "harness: Harness._step (one pass)"),
         (Harness, "_load", "harness: Harness._load (session + log + fold)"),
+        (RunLog, "refresh", "harness: RunLog.refresh (read the row + what others appended)"),
+        (RunLog, "append", "harness: RunLog.append (append + keep the copy)"),
         (Harness, "_take_in", "harness: _take_in (tx)"),
         (Harness, "_start_span", "harness: _start_span (append)"),
         (Harness, "_model_done", "harness: _model_done (tx)"),
@@ -112,6 +115,9 @@ def instrument(runtime: Any) -> None:
         (EventLog, "_notify", "store: EventLog._notify (pg_notify; no-op on SQLite)"),
         (Watcher, "_refresh", "watch: Watcher._refresh (read heads after a NOTIFY or poll)"),
         (SessionRepo, "get", "store: SessionRepo.get"),
+        (SessionRepo, "snapshot", "store: SessionRepo.snapshot (row + whole log + records)"),
+        (SessionRepo, "since", "store: SessionRepo.since (row + events past a position)"),
+        (Database, "run_pg", "db: run_pg (one asyncpg transaction or statement)"),
         (Database, "run_sqlite_write", "db: run_sqlite_write (one group commit on SQLite)"),
     ):
         if cls is routes_events:
@@ -128,7 +134,7 @@ def instrument(runtime: Any) -> None:
             continue
         _wrap_async(cls, attr, name)
     _wrap_cm(EventLog, "transaction", "store: EventLog.transaction (Tx: SQLAlchemy write)")
-    _wrap_sync(loop, "fold", "harness: fold (pure Python)")
+    _wrap_sync(runlog, "fold", "harness: fold (pure Python)")
 
     db = runtime.store.db
     engines = {"write engine": db.write_engine}
@@ -158,7 +164,11 @@ DIAG_ORDER = [
     "harness: Harness.run (whole run, model call included)",
     "harness: Harness._step (one pass)",
     "harness: Harness._load (session + log + fold)",
+    "harness: RunLog.refresh (read the row + what others appended)",
+    "harness: RunLog.append (append + keep the copy)",
     "store: SessionRepo.get",
+    "store: SessionRepo.snapshot (row + whole log + records)",
+    "store: SessionRepo.since (row + events past a position)",
     "store: EventLog.load (whole log + records)",
     "harness: fold (pure Python)",
     "harness: _take_in (tx)",
@@ -169,6 +179,7 @@ DIAG_ORDER = [
     "store: EventLog._commit (one group commit, whole)",
     "store: EventLog._notify (pg_notify; no-op on SQLite)",
     "db: run_sqlite_write (one group commit on SQLite)",
+    "db: run_pg (one asyncpg transaction or statement)",
     "store: EventLog.head",
     "store: EventLog.read",
     "watch: Watcher._refresh (read heads after a NOTIFY or poll)",

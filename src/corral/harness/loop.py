@@ -112,7 +112,7 @@ class Harness:
                 watcher.close()
 
     async def _load(self, runlog: RunLog, watcher: _InterruptWatcher) -> _Pass:
-        session = await runlog.refresh()  # the row and the log agree
+        session = await runlog.refresh(watcher.channel.head)  # the row and the log agree
         return _Pass(session, runlog.fold(), runlog.head, runlog, watcher)
 
     async def _step(self, runlog: RunLog, watcher: _InterruptWatcher) -> bool:

@@ -37,6 +37,7 @@ class RunLog:
         self.head = 0
         """Every event up to here is in the copy (appends of others may leave gaps above it)."""
         self.loaded = False
+        self.session: Session | None = None
         self.chained_span: str | None = None
         """A span start this run appended with its previous step, for the model call it runs next."""
         self._folded: Conversation | None = None
@@ -44,8 +45,16 @@ class RunLog:
         self._expected: tuple[int, int, Conversation] | None = None
         """(last seq, events, fold) a coming append will produce if it lands right after `last seq`."""
 
-    async def refresh(self) -> Session:
-        """Bring the copy up to date with the log; return the session row read with it."""
+    async def refresh(self, hub_head: int) -> Session:
+        """Bring the copy up to date with the log; return the session row read with it.
+
+        `hub_head` is where this process's hub last saw the log's head (its own appends at once,
+        other processes' through the watcher). Between two model calls the run chained (see
+        `Harness._chain`), when the hub has seen nobody else write, the read is skipped: the step goes
+        straight to the call it already committed to, exactly as if the read had raced ahead of a
+        write landing a moment later (which then waits for the next step)."""
+        if self.chained_span is not None and self.session is not None and hub_head <= self.head:
+            return self.session
         if not self.loaded:
             session, events, self.records = await self.store.sessions.snapshot(self.session_id)
             self.events = dict(events)
@@ -56,6 +65,7 @@ class RunLog:
                 self.events.update(events)
                 self._folded = None
         self.head = max(self.events, default=0)
+        self.session = session
         return session
 
     def fold(self, extra: Sequence[Event] = (), records: Sequence[Record] = ()) -> Conversation:

@@ -254,19 +254,22 @@ def _write_sqlite(conn: sqlite3.Connection, batch: list[_Pending], session_ids: 
 
 
 async def _write_pg(conn: asyncpg.Connection, batch: list[_Pending], session_ids: list[str], origin: str) -> _Plan:
-    """The group commit on PostgreSQL: plain asyncpg statements inside `Database.run_pg`'s transaction."""
+    """The group commit on PostgreSQL, inside `Database.run_pg`'s transaction: one round trip to lock
+    and read the heads, one for every write and notification (`_PG_WRITE`), then the commit."""
     found = await conn.fetch(_PG_HEADS, session_ids)  # FOR UPDATE, in id order: a stable lock order
     plan = _Plan.make(batch, {row[0]: _Head.from_row(_HeadRow(*row)) for row in found})
-    for (sql, names), params in (
-        (_PG_INSERT, plan.rows),
-        (_PG_UPDATE, plan.head_params()),
-        (_PG_RECORD, plan.records),
-        (_PG_MARK, plan.marks),
-    ):
-        if params:
-            await conn.executemany(sql, [tuple(p[k] for k in names) for p in params])
-    for channel, payloads in _notices({sid: plan.heads[sid].seq for sid in plan.appended}, plan.woken, origin):
-        await conn.execute(_PG_NOTIFY, channel, payloads)
+    if not plan.heads:
+        return plan
+    notices = dict(_notices({sid: plan.heads[sid].seq for sid in plan.appended}, plan.woken, origin))
+    columns = [
+        *([r[k] for r in plan.rows] for k in _EVENT_FIELDS),
+        *([p[k] for p in plan.head_params()] for k in _HEAD_FIELDS),
+        *([r[k] for r in plan.records] for k in _RECORD_FIELDS),
+        *([m[k] for m in plan.marks] for k in _MARK_FIELDS),
+        notices.get("corral_events", []),
+        notices.get("corral_wake", []),
+    ]
+    await conn.execute(_PG_WRITE, *columns)
     return plan
 
 
@@ -372,11 +375,37 @@ _PG_HEADS = pg_sql(
     .order_by(t.sessions.c.id)
     .with_for_update()
 )[0]
-_PG_INSERT = pg_sql(insert(t.events).values({c.name: bindparam(c.name) for c in t.events.c}))
-_PG_UPDATE = pg_sql(_UPDATE_HEAD)
-_PG_RECORD = pg_sql(insert(t.harness_records).values({c.name: bindparam(c.name) for c in t.harness_records.c}))
-_PG_MARK = pg_sql(_MARK_PROCESSED)
-_PG_NOTIFY = "SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS payload"
+_EVENT_FIELDS = ("session_id", "seq", "id", "type", "created_at", "processed_at", "body", "ref")
+_HEAD_FIELDS = ("b_id", "b_last_seq", "b_status", "b_needs_work", "b_usage", "b_updated_at")
+_RECORD_FIELDS = ("session_id", "key", "kind", "created_at", "body")
+_MARK_FIELDS = ("b_session_id", "b_seq", "b_when", "b_queued", "b_stamp")
+_PG_WRITE = f"""
+WITH new_events AS (
+    INSERT INTO {t.events.name} ({", ".join(_EVENT_FIELDS)})
+    SELECT * FROM unnest($1::varchar[], $2::bigint[], $3::varchar[], $4::varchar[], $5::bigint[], $6::bigint[],
+                         $7::text[], $8::varchar[])
+), heads AS (
+    UPDATE {t.sessions.name} AS s
+    SET last_seq = h.last_seq, status = h.status, needs_work = h.needs_work, usage = h.usage,
+        updated_at = h.updated_at
+    FROM unnest($9::varchar[], $10::bigint[], $11::varchar[], $12::boolean[], $13::text[], $14::bigint[])
+         AS h(id, last_seq, status, needs_work, usage, updated_at)
+    WHERE s.id = h.id
+), new_records AS (
+    INSERT INTO {t.harness_records.name} ({", ".join(_RECORD_FIELDS)})
+    SELECT * FROM unnest($15::varchar[], $16::varchar[], $17::varchar[], $18::bigint[], $19::text[])
+), marks AS (
+    UPDATE {t.events.name} AS e
+    SET processed_at = m.stamped_at, body = replace(e.body, m.queued, m.stamp)
+    FROM unnest($20::varchar[], $21::bigint[], $22::bigint[], $23::text[], $24::text[])
+         AS m(session_id, seq, stamped_at, queued, stamp)
+    WHERE e.session_id = m.session_id AND e.seq = m.seq AND e.processed_at IS NULL
+)
+SELECT pg_notify('corral_events', p) FROM unnest($25::text[]) AS p
+UNION ALL
+SELECT pg_notify('corral_wake', p) FROM unnest($26::text[]) AS p
+"""
+"""Everything a group commit writes, in one statement (data-modifying CTEs all run to completion)."""
 _SQLITE_RECORD = sqlite_sql(insert(t.harness_records).values({c.name: bindparam(c.name) for c in t.harness_records.c}))
 _SQLITE_MARK = sqlite_sql(_MARK_PROCESSED)
 
