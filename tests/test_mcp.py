@@ -12,12 +12,22 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anthropic
+import httpx
 import pytest
+from anthropic.types.beta.sessions import (
+    BetaManagedAgentsAgentMCPToolResultEvent,
+    BetaManagedAgentsAgentMCPToolUseEvent,
+    BetaManagedAgentsSessionErrorEvent,
+)
 
+from corral.tools.mcp import MCPClient, MCPFailure, NoTokens, model_tool_name
+
+from .conftest import API_KEY
 from .fake_model import FakeModel, Reply, tool_results
 from .mcp_server import CLIENT_ID, CLIENT_SECRET, MCPTestServer
 from .servers import ServerThread
 from .turns import text, turn, types
+from .wire import assert_exact
 
 ALLOW = {"type": "always_allow"}
 
@@ -63,6 +73,33 @@ def setup(
     return client.beta.sessions.create(agent=agent.id, environment_id=env.id, vault_ids=vault_ids)
 
 
+def raw_events(server: ServerThread, session_id: str) -> list[dict[str, Any]]:
+    response = httpx.get(
+        f"{server.url}/v1/sessions/{session_id}/events",
+        params={"limit": 1000},
+        headers={"x-api-key": API_KEY, "anthropic-beta": "managed-agents-2026-04-01"},
+    )
+    response.raise_for_status()
+    return response.json()["data"]
+
+
+WIRE = {
+    "agent.mcp_tool_use": BetaManagedAgentsAgentMCPToolUseEvent,
+    "agent.mcp_tool_result": BetaManagedAgentsAgentMCPToolResultEvent,
+    "session.error": BetaManagedAgentsSessionErrorEvent,
+}
+
+
+def assert_wire_exact(server: ServerThread, session_id: str) -> set[str]:
+    """Every MCP event and session error of the session is exactly the SDK's shape; returns the types seen."""
+    checked = set()
+    for event in raw_events(server, session_id):
+        if event["type"] in WIRE:
+            assert_exact(WIRE[event["type"]], event)
+            checked.add(event["type"])
+    return checked
+
+
 def everything_said(client: anthropic.Anthropic, session_id: str) -> str:
     """Every event of the session as the API lists it, as one JSON text."""
     events = client.beta.sessions.events.list(session_id, limit=1000)
@@ -70,7 +107,7 @@ def everything_said(client: anthropic.Anthropic, session_id: str) -> str:
 
 
 def test_an_mcp_tool_runs_with_the_vaults_bearer_token(
-    agents: anthropic.Anthropic, fake: FakeModel, mcp_server: MCPTestServer
+    agents: anthropic.Anthropic, fake: FakeModel, mcp_server: MCPTestServer, agent_server: ServerThread
 ) -> None:
     token = mcp_server.new_token()
     name = f"s{uuid.uuid4().hex[:6]}"
@@ -101,6 +138,7 @@ def test_an_mcp_tool_runs_with_the_vaults_bearer_token(
     # the server saw the token; nothing else did
     assert mcp_server.seen_at(name) and set(mcp_server.seen_at(name)) == {f"Bearer {token}"}
     assert ("add", {"a": 2, "b": 3}) in mcp_server.calls
+    assert assert_wire_exact(agent_server, session.id) == {"agent.mcp_tool_use", "agent.mcp_tool_result"}
     assert token not in everything_said(agents, session.id)
     assert token not in json.dumps([r.json for r in fake.model_requests])
     assert token not in agents.beta.sessions.retrieve(session.id).model_dump_json()
@@ -114,27 +152,28 @@ def test_mcp_tools_ask_by_default_and_run_only_when_allowed(
 ) -> None:
     token = mcp_server.new_token()
     session = setup(agents, mcp_server.url("ask"), credential={"type": "static_bearer", "token": token})
-    fake.reply(tool_use=[("mcp__tools__shout", {"text": "allowed"})])
-    fake.reply(tool_use=[("mcp__tools__shout", {"text": "denied"})])
+    allowed, denied = f"allowed {uuid.uuid4().hex}", f"denied {uuid.uuid4().hex}"
+    fake.reply(tool_use=[("mcp__tools__shout", {"text": allowed})])
+    fake.reply(tool_use=[("mcp__tools__shout", {"text": denied})])
     fake.respond_with(echo_results)
     first = turn(agents, session.id, [text("shout")])
     use = next(e for e in first if e.type == "agent.mcp_tool_use")
     assert use.evaluated_permission == "ask" and use.evaluation.type == "always_ask"
     assert first[-1].stop_reason.type == "requires_action" and first[-1].stop_reason.event_ids == [use.id]
-    assert ("shout", {"text": "allowed"}) not in mcp_server.calls
+    assert ("shout", {"text": allowed}) not in mcp_server.calls
 
     allow = {"type": "user.tool_confirmation", "tool_use_id": use.id, "result": "allow"}
     second = turn(agents, session.id, [allow])
     result = next(e for e in second if e.type == "agent.mcp_tool_result")
-    assert result.mcp_tool_use_id == use.id and [b.text for b in result.content] == ["ALLOWED"]
-    assert ("shout", {"text": "allowed"}) in mcp_server.calls
+    assert result.mcp_tool_use_id == use.id and [b.text for b in result.content] == [allowed.upper()]
+    assert ("shout", {"text": allowed}) in mcp_server.calls
     again = next(e for e in second if e.type == "agent.mcp_tool_use")
     assert second[-1].stop_reason.type == "requires_action"
 
     deny = {"type": "user.tool_confirmation", "tool_use_id": again.id, "result": "deny", "deny_message": "not now"}
     third = turn(agents, session.id, [deny])
     assert third[-1].stop_reason.type == "end_turn"
-    assert ("shout", {"text": "denied"}) not in mcp_server.calls
+    assert ("shout", {"text": denied}) not in mcp_server.calls
     assert tool_results(fake.model_requests[-1].json)[0][1] == "Denied by the user: not now"
 
 
@@ -216,7 +255,7 @@ def test_an_expired_oauth_token_is_refreshed_before_use(
 
 
 def test_a_refused_token_is_an_authentication_error_and_the_session_goes_on(
-    agents: anthropic.Anthropic, fake: FakeModel, mcp_server: MCPTestServer
+    agents: anthropic.Anthropic, fake: FakeModel, mcp_server: MCPTestServer, agent_server: ServerThread
 ) -> None:
     session = setup(agents, mcp_server.url("wrong"), credential={"type": "static_bearer", "token": "not-a-token"})
     fake.respond_with(echo_results)
@@ -230,6 +269,7 @@ def test_a_refused_token_is_an_authentication_error_and_the_session_goes_on(
     offered = [t["name"] for t in fake.model_requests[-1].json.get("tools", [])]
     assert not any(n.startswith("mcp__") for n in offered)
     assert "not-a-token" not in everything_said(agents, session.id)
+    assert assert_wire_exact(agent_server, session.id) == {"session.error"}
 
 
 def test_a_token_revoked_before_the_call_gives_an_error_result(
@@ -266,3 +306,56 @@ def test_an_unreachable_server_is_a_connection_error_and_the_session_goes_on(
     fake.reply(text="Still none.")
     seen = turn(agents, session.id, [text("again")])
     assert [e.error.type for e in seen if e.type == "session.error"] == ["mcp_connection_failed_error"]
+
+
+def test_an_interrupt_stops_a_running_mcp_call(
+    agents: anthropic.Anthropic, fake: FakeModel, mcp_server: MCPTestServer
+) -> None:
+    token = mcp_server.new_token()
+    toolset = {"default_config": {"permission_policy": ALLOW}}
+    session = setup(
+        agents, mcp_server.url("nap"), toolset=toolset, credential={"type": "static_bearer", "token": token}
+    )
+    fake.reply(tool_use=[("mcp__tools__nap", {"seconds": 20})])
+    seen = []
+    with agents.beta.sessions.events.stream(session.id, timeout=15) as stream:
+        agents.beta.sessions.events.send(session.id, events=[text("rest")])
+        for event in stream:
+            seen.append(event)
+            if event.type == "agent.mcp_tool_use":
+                agents.beta.sessions.events.send(session.id, events=[{"type": "user.interrupt"}])
+            if event.type == "session.status_idle":
+                break
+    result = next(e for e in seen if e.type == "agent.mcp_tool_result")
+    assert result.is_error and result.content[0].text == "Interrupted by the user."
+    assert seen[-1].stop_reason.type == "end_turn" and "session.error" not in types(seen)
+
+
+async def test_a_tool_call_past_its_timeout_is_a_connection_failure(mcp_server: MCPTestServer) -> None:
+    class Fixed:
+        async def token(self, server_url: str, *, refresh: bool = False) -> str | None:
+            return token
+
+    token = mcp_server.new_token()
+    client = MCPClient(timeout=5, tool_timeout=0.5)
+    with pytest.raises(MCPFailure) as failure:
+        await client.call_tool(mcp_server.url("slow"), Fixed(), "nap", {"seconds": 5})
+    assert failure.value.kind == "connection" and "did not answer within 0.5 seconds" in failure.value.message
+    result = await client.call_tool(mcp_server.url("slow"), Fixed(), "nap", {"seconds": 0.01})
+    assert result.content == [{"type": "text", "text": "rested"}] and not result.is_error
+    unknown = await client.call_tool(mcp_server.url("slow"), Fixed(), "no_such_tool", {})
+    assert unknown.is_error and "no_such_tool" in unknown.content[0]["text"]
+    with pytest.raises(MCPFailure) as failure:
+        await client.list_tools(mcp_server.url("slow"), NoTokens())
+    assert failure.value.kind == "authentication" and "vaults hold none" in failure.value.message
+
+
+def test_model_tool_names_are_safe_and_unique() -> None:
+    taken: set[str] = set()
+    first = model_tool_name("git hub", "search.issues", taken)
+    assert first == "mcp__git_hub__search_issues"
+    taken.add(first)
+    clash = model_tool_name("git.hub", "search issues", taken)
+    assert clash != first and clash.startswith("mcp__git_hub__search_issues_") and clash not in taken
+    long = model_tool_name("s" * 100, "t" * 100, set())
+    assert len(long) == 128 and long.startswith("mcp__sss")

@@ -85,6 +85,10 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     return [exc]
 
 
+class _TimedOut(Exception):
+    """The request itself (not the connection) ran past its time."""
+
+
 class _Refused(Exception):
     """The server answered 401/403."""
 
@@ -98,7 +102,7 @@ class MCPClient:
         self.timeout = timeout
         """Connecting and listing tools."""
         self.tool_timeout = tool_timeout
-        """One tool call, on top of connecting."""
+        """One tool call, once connected."""
 
     async def list_tools(self, url: str, tokens: TokenSource) -> list[MCPToolInfo]:
         async def op(client: Client) -> list[MCPToolInfo]:
@@ -126,7 +130,7 @@ class MCPClient:
                 return ToolResult.text(f"The MCP server answered with an error: {exc.message}", is_error=True)
             return ToolResult(content=_content(result), is_error=bool(result.is_error))
 
-        return await self._authorized(url, tokens, op, self.timeout + self.tool_timeout)
+        return await self._authorized(url, tokens, op, self.tool_timeout)
 
     async def probe(self, url: str, token: str | None) -> tuple[int | None, str]:
         """Connect and list tools with `token`: (last HTTP status, error message or "")."""
@@ -170,18 +174,28 @@ class MCPClient:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         http = httpx2.AsyncClient(
             headers=headers,
-            timeout=httpx2.Timeout(self.timeout, read=timeout),
+            timeout=httpx2.Timeout(self.timeout, read=max(self.timeout, timeout)),
             event_hooks={"response": [seen]},
         )
-        try:
-            with anyio.fail_after(timeout):
-                async with http, Client(streamable_http_client(url, http_client=http), mode="legacy") as client:
+
+        async def timed(client: Client) -> T:
+            try:
+                with anyio.fail_after(timeout):
                     return await op(client)
+            except TimeoutError:
+                raise _TimedOut() from None
+
+        try:
+            with anyio.fail_after(self.timeout + timeout):
+                async with http, Client(streamable_http_client(url, http_client=http), mode="legacy") as client:
+                    return await timed(client)
         except TimeoutError:
-            raise MCPFailure("connection", f"the MCP server did not answer within {timeout:g} seconds") from None
+            raise MCPFailure("connection", f"the MCP server did not answer within {self.timeout:g} seconds") from None
         except BaseException as exc:
             if not isinstance(exc, Exception) or isinstance(exc, MCPFailure):
                 raise
+            if any(isinstance(e, _TimedOut) for e in _leaves(exc)):
+                raise MCPFailure("connection", f"the MCP server did not answer within {timeout:g} seconds") from None
             refused = [s for s in statuses if s in (401, 403)]
             if refused:
                 raise _Refused(refused[-1]) from None
