@@ -110,6 +110,14 @@ class Settings(BaseSettings):
         description='Non-public networks `web_fetch` may reach anyway, as JSON, e.g. `["10.0.0.0/8"]` '
         "(by default it refuses loopback, private and link-local addresses).",
     )
+    mcp_timeout_seconds: float = Field(
+        default=30.0,
+        description="Time allowed to connect to an MCP server and list its tools (and to refresh an OAuth token).",
+        gt=0,
+    )
+    mcp_tool_timeout_seconds: float = Field(
+        default=300.0, description="Time allowed for one MCP tool call, once connected.", gt=0
+    )
     sandbox_prewarm: int = Field(
         default=1,
         description="Sandboxes kept started and ready for new sessions, per recently used environment recipe "

@@ -23,6 +23,8 @@ from ..models.base import BlockStart, ModelClient, ModelError, ModelRequest, Mod
 from ..pricing import price_for
 from ..schemas.events import (
     AgentCustomToolUse,
+    AgentMCPToolResult,
+    AgentMCPToolUse,
     AgentMessage,
     AgentThinking,
     AgentToolResult,
@@ -43,6 +45,7 @@ from ..store.store import Store
 from . import crashpoints
 from .compaction import Compactor
 from .context import Conversation, ToolUse, input_key, run_key
+from .mcp import MCPOffer, MCPToolsets
 from .policies import decide, model_tools
 from .runlog import RunLog
 from .tools import ToolRunner
@@ -90,10 +93,18 @@ class _Pass:
 
 
 class Harness:
-    def __init__(self, store: Store, model: ModelClient, tools: ToolRunner, settings: Settings) -> None:
+    def __init__(
+        self,
+        store: Store,
+        model: ModelClient,
+        tools: ToolRunner,
+        settings: Settings,
+        mcp: MCPToolsets | None = None,
+    ) -> None:
         self.store = store
         self.model = model
         self.tools = tools
+        self.mcp = mcp
         self.settings = settings
         self.compactor = Compactor(model, settings)
 
@@ -110,6 +121,8 @@ class Harness:
                     pass
             finally:
                 watcher.close()
+                if self.mcp is not None:
+                    self.mcp.forget(session_id)
 
     async def _load(self, runlog: RunLog, watcher: _InterruptWatcher) -> _Pass:
         session = await runlog.refresh(watcher.channel.head)  # the row and the log agree
@@ -194,10 +207,14 @@ class Harness:
             events.append(SessionStatusRunning(id=new_id("event"), processed_at=_now()))
         await p.log.append(events, records=[(run_key(tool.event_id), "tool_run", {"owner": p.log.owner})])
         await crashpoints.reach("after_tool_start")
+        errors: list[Event] = []
         try:
-            result = await p.watcher.guard(
-                self.tools.run(p.session, tool.name, tool.input), lambda: self.tools.interrupt(session_id)
-            )
+            if tool.kind == "mcp" and self.mcp is not None:
+                call = self.mcp.call(p.session, tool.mcp_server or "", tool.mcp_tool or "", tool.input)
+                result, errors = await p.watcher.guard(call)  # type: ignore[assignment]
+            else:
+                run = self.tools.run(p.session, tool.name, tool.input)
+                result = await p.watcher.guard(run, lambda: self.tools.interrupt(session_id))
         except Interrupted:
             await self._append(p, [_tool_result(tool, "Interrupted by the user.", error=True)])
             return
@@ -205,15 +222,7 @@ class Harness:
             log.exception("tool %s failed in session %s", tool.name, session_id)
             await self._append(p, [_tool_result(tool, f"Tool error: {exc}", error=True)])
             return
-        done: list[Event] = [
-            AgentToolResult(
-                id=new_id("event"),
-                processed_at=_now(),
-                tool_use_id=tool.event_id,
-                content=result.content,
-                is_error=result.is_error,
-            )
-        ]
+        done = [*errors, _result_event(tool, result.content, result.is_error)]
         await p.log.append(self._chain(p, done))
         await crashpoints.reach("after_tool_result")
 
@@ -263,13 +272,13 @@ class Harness:
         p.log.expect(after, len(events) + 1)
         return [*events, start]
 
-    def _request(self, session: Session, convo: Conversation) -> ModelRequest:
+    def _request(self, session: Session, convo: Conversation, offer: MCPOffer) -> ModelRequest:
         agent = session.agent
         return ModelRequest(
             model=agent.model.id,
             system=agent.system,
             messages=convo.context(),
-            tools=model_tools(agent, self.tools.definitions),
+            tools=model_tools(agent, self.tools.definitions, offer.definitions),
             max_tokens=self.settings.max_output_tokens,
         )
 
@@ -281,7 +290,10 @@ class Harness:
         await crashpoints.reach("after_model_start")
         ids = _ResponseIds(thinking=new_id("event"), message=new_id("event"))
         try:
-            response = await p.watcher.guard(self._stream(session_id, self._request(p.session, p.convo), ids))
+            offer = MCPOffer() if self.mcp is None else await p.watcher.guard(self.mcp.offer(p.session))
+            if offer.errors:  # a server failed to list: the model goes on without its tools
+                await self._append(p, list(offer.errors))
+            response = await p.watcher.guard(self._stream(session_id, self._request(p.session, p.convo, offer), ids))
         except Interrupted:
             await self._append(p, [_span_end(start_id, None, error=True)])
             return
@@ -289,7 +301,7 @@ class Harness:
             await self._model_failed(p, start_id, exc)
             return
         await crashpoints.reach("before_model_end")
-        await self._model_done(p, start_id, ids, response)
+        await self._model_done(p, start_id, ids, response, offer)
 
     async def _start_span(self, p: _Pass) -> SpanModelRequestStart:
         first: list[Event] = []
@@ -341,7 +353,9 @@ class Harness:
                 return item
         raise ModelError("request_failed", "the model stream ended without a response")
 
-    async def _model_done(self, p: _Pass, start_id: str, ids: _ResponseIds, response: ModelResponse) -> None:
+    async def _model_done(
+        self, p: _Pass, start_id: str, ids: _ResponseIds, response: ModelResponse, offer: MCPOffer
+    ) -> None:
         session = p.session
         now = _now()
         events: list[Event] = []
@@ -355,11 +369,24 @@ class Harness:
         for block in content:
             if block["type"] != "tool_use":
                 continue
-            decision = decide(session.agent, block["name"], block.get("input") or {})
+            decision = decide(session.agent, block["name"], block.get("input") or {}, offer.routes)
             event_id = new_id("event")
+            route = decision.route
             if decision.kind == "custom":
                 events.append(
                     AgentCustomToolUse(id=event_id, processed_at=now, name=block["name"], input=block["input"])
+                )
+            elif route is not None:
+                events.append(
+                    AgentMCPToolUse(
+                        id=event_id,
+                        processed_at=now,
+                        name=route.tool,
+                        mcp_server_name=route.server,
+                        input=block.get("input") or {},
+                        evaluated_permission=decision.permission,
+                        evaluation=decision.evaluation,
+                    )
                 )
             else:
                 events.append(
@@ -381,6 +408,7 @@ class Harness:
                     "kind": decision.kind,
                     "permission": decision.permission,
                     "deny_reason": decision.deny_reason,
+                    **({"mcp_server": route.server, "mcp_tool": route.tool} if route else {}),
                 }
             )
         events.append(_span_end(start_id, response.usage, error=False))
@@ -476,13 +504,18 @@ def _span_end(start_id: str, usage: Any, *, error: bool) -> SpanModelRequestEnd:
     )
 
 
-def _tool_result(tool: ToolUse, text: str, *, error: bool) -> AgentToolResult:
+def _tool_result(tool: ToolUse, text: str, *, error: bool) -> Event:
+    return _result_event(tool, [{"type": "text", "text": text}], error)
+
+
+def _result_event(tool: ToolUse, content: list[dict[str, Any]], is_error: bool) -> Event:
+    """`agent.mcp_tool_result` for an MCP call, `agent.tool_result` for the rest."""
+    if tool.kind == "mcp":
+        return AgentMCPToolResult(
+            id=new_id("event"), processed_at=_now(), mcp_tool_use_id=tool.event_id, content=content, is_error=is_error
+        )
     return AgentToolResult(
-        id=new_id("event"),
-        processed_at=_now(),
-        tool_use_id=tool.event_id,
-        content=[{"type": "text", "text": text}],
-        is_error=error,
+        id=new_id("event"), processed_at=_now(), tool_use_id=tool.event_id, content=content, is_error=is_error
     )
 
 

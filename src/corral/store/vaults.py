@@ -238,6 +238,29 @@ class CredentialRepo:
         result.rows = [_credential(r) for r in result.rows]
         return result
 
+    async def active_mcp(self, vault_ids: list[str]) -> list[tuple[Credential, str | None]]:
+        """Active MCP credentials (with their encrypted secrets) of the given active vaults, in the
+        order of `vault_ids`, then oldest first."""
+        if not vault_ids:
+            return []
+        c = t.vault_credentials.c
+        query = (
+            select(t.vault_credentials)
+            .join(t.vaults, t.vaults.c.id == c.vault_id)
+            .where(
+                c.vault_id.in_(vault_ids),
+                c.archived_at.is_(None),
+                t.vaults.c.archived_at.is_(None),
+                c.target.like("mcp:%"),
+            )
+            .order_by(c.id)
+        )
+        async with self.db.read() as conn:
+            rows = (await conn.execute(query)).all()
+        rank = {vault_id: i for i, vault_id in enumerate(vault_ids)}
+        rows.sort(key=lambda r: rank[r.vault_id])
+        return [(_credential(r), r.secret) for r in rows]
+
     # ---- encrypted secrets, for key checks and rotation ----
 
     async def sample_secret(self) -> str | None:
