@@ -161,10 +161,11 @@ class _Folder:
         elif kind == "span.model_request_end":
             self.span_end(ev)
         elif kind == "session.error":
-            if ev["error"].get("retry_status", {}).get("type") == "retrying":
-                c.failures += 1
-            else:
+            error = ev["error"]
+            if error.get("retry_status", {}).get("type") != "retrying":
                 c.failures = 0
+            elif str(error.get("type")).startswith("model_"):
+                c.failures += 1  # consecutive failed model calls; a tool's provisioning error is not one
         elif kind == "agent.thread_context_compacted":
             self.compacted(ev)
         elif kind.startswith("session.status_"):

@@ -205,7 +205,10 @@ class Harness:
             log.exception("tool %s failed in session %s", tool.name, session_id)
             await self._append(p, [_tool_result(tool, f"Tool error: {exc}", error=True)])
             return
-        done: list[Event] = [
+        done: list[Event] = []
+        if result.session_error is not None:  # the deployment failed the call (e.g. its environment recipe)
+            done.append(SessionError(id=new_id("event"), processed_at=_now(), error=result.session_error))
+        done += [
             AgentToolResult(
                 id=new_id("event"),
                 processed_at=_now(),
