@@ -9,6 +9,7 @@ install them inside the recipe's build sandbox, through the egress proxy.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import http.server
@@ -28,6 +29,10 @@ import anthropic
 import pytest
 
 from corral.config import Settings
+from corral.sandbox.base import SandboxSpec
+from corral.sandbox.egress import EgressProxy
+from corral.sandbox.pool import SandboxPool
+from corral.sandbox.recipes import Templates
 
 from .conftest import API_KEY
 from .fake_model import FakeModel, Reply, tool_results
@@ -218,6 +223,7 @@ PROBE = (
     "node -e \"console.log(require('corral-tiny').value)\"; corral-tiny; "
     "touch /opt/corral/recipe/python/x 2>&1 || echo read-only"
 )
+PIP_PROBE = "python3 -c 'import corraltiny; print(corraltiny.VALUE)' 2>&1"
 
 
 def test_pip_and_npm_packages_are_installed_once_and_reused(
@@ -332,3 +338,42 @@ def test_outputs_become_files_scoped_to_the_session(
     run_bash(sdk, fake, session.id, "true")
     time.sleep(0.2)
     assert len(sdk.beta.files.list(scope_id=session.id).data) == 3
+
+
+# ---- the pool on its own: concurrency, other processes, prewarmed sandboxes -----------------------------
+
+
+async def probe(sandbox: Any) -> str:
+    result = await sandbox.execute("bash", {"command": PIP_PROBE})
+    return "".join(block["text"] for block in result.content)
+
+
+async def test_concurrent_provisioning_builds_a_recipe_once(sandbox_root: Path, index: PackageIndex) -> None:
+    """Sessions racing for a new recipe wait for one build; a second pool on the same data directory (as
+    another worker process would) waits on the file lock and reuses it; a ready sandbox of another recipe
+    is never handed out."""
+    root = sandbox_root / f"race-{uuid.uuid4().hex[:8]}"
+
+    def make_pool() -> SandboxPool:
+        templates = Templates(root / "templates", timeout=120, pip_index_url=f"{index.url}/simple/")
+        egress = EgressProxy(allowed_networks=["127.0.0.0/8"])
+        return SandboxPool(root, "bwrap", egress=egress, templates=templates, prewarm=1)
+
+    pools = [make_pool(), make_pool()]
+    wheel = f"/files/{PackageIndex.WHEEL}"
+    fetched = index.hits[wheel]
+    try:
+        plain = await pools[0].get(SandboxSpec("plain", ""))  # leaves a ready sandbox without packages
+        assert "No module named 'corraltiny'" in await probe(plain)
+        specs = [SandboxSpec(f"s{i}", "", packages={"pip": ["corraltiny"]}) for i in range(4)]
+        sandboxes = await asyncio.gather(*(pools[i % 2].get(spec) for i, spec in enumerate(specs)))
+        assert sum(p.templates.builds for p in pools) == 1
+        assert index.hits[wheel] == fetched + 1
+        for sandbox in sandboxes:
+            assert await probe(sandbox) == "tiny-ok"
+        later = await pools[0].get(SandboxSpec("later", "", packages={"pip": ["corraltiny"]}))
+        assert await probe(later) == "tiny-ok"
+        assert sum(p.templates.builds for p in pools) == 1
+    finally:
+        for pool in pools:
+            await pool.aclose()
