@@ -116,6 +116,16 @@ def test_refusals_change_nothing(client: anthropic.Anthropic, session, agent, en
         with pytest.raises(anthropic.BadRequestError) as info:
             client.beta.sessions.resources.add(session.id, type="file", file_id=file_id, mount_path=bad)
         assert "mount_path" in info.value.body["error"]["message"]
+    # the sandbox's own places: its system files, its mounts, and the directories it needs
+    for reserved in ("/usr/x", "/etc/passwd", "/proc/1", "/mnt/session/outputs/r.txt", "/opt/corral/recipe/x",
+                     "/workspace", "/mnt/session", "/opt", "/tmp"):  # fmt: skip
+        with pytest.raises(anthropic.BadRequestError) as info:
+            client.beta.sessions.resources.add(session.id, type="file", file_id=file_id, mount_path=reserved)
+        assert "mount_path" in info.value.body["error"]["message"], reserved
+    for nested in ("/data/x/y", "/data"):  # a file cannot hold another one
+        with pytest.raises(anthropic.ConflictError) as info:
+            client.beta.sessions.resources.add(session.id, type="file", file_id=file_id, mount_path=nested)
+        assert "one is inside the other" in info.value.body["error"]["message"]
     url = f"{str(client.base_url).rstrip('/')}/v1/sessions/{session.id}/resources"
     for body in (
         {"type": "github_repository", "url": "https://github.com/a/b"},

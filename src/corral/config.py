@@ -133,6 +133,22 @@ class Settings(BaseSettings):
         '`["10.0.0.0/8"]` (by default it refuses loopback, private and link-local addresses, whatever the '
         "environment's networking says).",
     )
+    sandbox_pip_index_url: str | None = Field(
+        default=None,
+        description="The package index environment recipes install `pip` packages from (a PEP 503 simple index, "
+        "e.g. a mirror); unset: PyPI. Its host is opened to the recipe build, not to the agent.",
+    )
+    sandbox_npm_registry: str | None = Field(
+        default=None,
+        description="The registry environment recipes install `npm` packages from; unset: registry.npmjs.org. "
+        "Its host is opened to the recipe build, not to the agent.",
+    )
+    sandbox_recipe_timeout: float = Field(
+        default=600.0,
+        description="Longest an environment recipe's package installation may take, in seconds; "
+        "after that the build fails and the tool call gets an error.",
+        gt=0,
+    )
 
     secret_key: SecretStr | None = Field(
         default=None,

@@ -82,10 +82,16 @@ class Runtime:
     def tool_runner(self) -> ToolRunner:
         """Sandbox tools in the session's sandbox, web tools in this process."""
         from .sandbox.runner import SandboxToolRunner
+        from .service.files import blobs_for
+        from .service.sandbox_files import SandboxFiles
         from .tools.web import WebTools
 
         runners: list[ToolRunner] = [
-            SandboxToolRunner.from_settings(self.settings, environments=self.store.environments.get),
+            SandboxToolRunner.from_settings(
+                self.settings,
+                environments=self.store.environments.get,
+                files=SandboxFiles(self.store, blobs_for(self.settings), max_bytes=self.settings.max_file_bytes),
+            ),
             WebTools.from_settings(self.settings),
         ]
         return ToolRouter(runners, NoTools("it is not available in this deployment"))

@@ -165,12 +165,13 @@ class _Folder:
         elif kind == "span.model_request_end":
             self.span_end(ev)
         elif kind == "session.error":
-            if ev["error"]["type"].startswith("mcp_"):
+            error = ev["error"]
+            if str(error.get("type")).startswith("mcp_"):
                 pass  # an MCP server failed: the model calls are not affected
-            elif ev["error"].get("retry_status", {}).get("type") == "retrying":
-                c.failures += 1
-            else:
+            elif error.get("retry_status", {}).get("type") != "retrying":
                 c.failures = 0
+            elif str(error.get("type")).startswith("model_"):
+                c.failures += 1  # consecutive failed model calls; a tool's provisioning error is not one
         elif kind == "agent.thread_context_compacted":
             self.compacted(ev)
         elif kind.startswith("session.status_"):

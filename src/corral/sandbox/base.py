@@ -10,7 +10,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["Sandbox", "SandboxDied", "SandboxSpec", "SandboxUnavailable", "ToolResult"]
+__all__ = [
+    "FileMount",
+    "Mount",
+    "RecipeFailed",
+    "Sandbox",
+    "SandboxDied",
+    "SandboxSpec",
+    "SandboxUnavailable",
+    "ToolResult",
+]
 
 
 @dataclass(frozen=True)
@@ -19,10 +28,31 @@ class ToolResult:
 
     content: list[dict[str, Any]]
     is_error: bool = False
+    session_error: dict[str, Any] | None = None
+    """A `session.error` `error` object to log before the result: the failure is the deployment's (an
+    environment recipe that cannot be built), not the command's, so the user must see it too."""
 
     @classmethod
     def text(cls, text: str, *, is_error: bool = False) -> ToolResult:
         return cls(content=[{"type": "text", "text": text}], is_error=is_error)
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A host path bound into a sandbox at `target` (backend-neutral: bubblewrap and gVisor bind the same)."""
+
+    host: str
+    target: str
+    readonly: bool = True
+
+
+@dataclass(frozen=True)
+class FileMount:
+    """A session `file` resource: a read-only copy of file `file_id` at `target` inside the sandbox."""
+
+    resource_id: str
+    file_id: str
+    target: str
 
 
 @dataclass(frozen=True)
@@ -41,10 +71,19 @@ class SandboxSpec:
     """The environment's `config.packages` lists (apt, pip, npm, ...)."""
     env: dict[str, str] = field(default_factory=dict)
     """Extra environment variables for processes inside (never secrets)."""
+    mounts: tuple[Mount, ...] = ()
+    """Extra binds the pool adds when it provisions (the recipe's template at /opt/corral/recipe)."""
+    files: tuple[FileMount, ...] = ()
+    """The session's file resources (see `mounts.py`): under /mnt they follow resource changes live; elsewhere
+    they are bound when the sandbox starts. Never part of the recipe: a ready sandbox carries none."""
 
 
 class SandboxUnavailable(RuntimeError):
     """Isolation cannot be provided on this machine (and the unsafe backend was not chosen)."""
+
+
+class RecipeFailed(SandboxUnavailable):
+    """The environment's `config.packages` cannot be installed (unsupported manager, failed build)."""
 
 
 class SandboxDied(RuntimeError):

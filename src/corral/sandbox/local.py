@@ -19,13 +19,15 @@ host-side proxy bound read-only at /run/corral/proxy.sock, the helper's forwarde
 reaches host-local addresses. See `egress.py`. Per sandbox this costs one socket bind on the host and
 ~0.3 ms in the helper.
 
-Not done yet: `spec.packages` installation, and a seccomp filter (`--seccomp FD`).
+Binds beyond the system files come from `mounts.session_mounts(spec)` (workspace, /mnt tree, outputs,
+the recipe template, file resources): the same list any backend binds. Not done yet: a seccomp filter.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import shutil
 import signal
@@ -35,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from corral.sandbox import cgroups
-from corral.sandbox.base import SandboxSpec, SandboxUnavailable
+from corral.sandbox.base import Mount, SandboxSpec, SandboxUnavailable
 from corral.sandbox.channel import HELPER_PATH, STREAM_LIMIT, HelperSandbox
 from corral.sandbox.egress import (
     FORWARDER_PORT,
@@ -46,10 +48,10 @@ from corral.sandbox.egress import (
     proxy_env,
 )
 from corral.sandbox.limits import SandboxLimits, apply_rlimits, rlimit_plan
+from corral.sandbox.mounts import DEFAULT_PATH, WORKSPACE, home_of, prepare_tree, session_mounts
 
 __all__ = ["BwrapSandbox", "IsolationReport", "check_isolation", "prepare_workdir"]
 
-WORKSPACE = "/workspace"
 SANDBOX_UID = 1000
 UID_BASE = 200_000
 UID_COUNT = 100_000
@@ -94,7 +96,7 @@ def default_host_uid(session_id: str) -> int:
 
 def sandbox_env(spec: SandboxSpec, *, proxy: bool = False) -> dict[str, str]:
     env = {
-        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "PATH": DEFAULT_PATH,
         "HOME": WORKSPACE,
         "USER": "agent",
         "LOGNAME": "agent",
@@ -115,13 +117,14 @@ def bwrap_argv(
     bwrap: str,
     limits: SandboxLimits,
     env: dict[str, str],
-    workdir: str | None,
+    mounts: list[Mount],
     files: dict[str, int],
     command: list[str],
     *,
     sockets: dict[str, str] | None = None,
 ) -> list[str]:
-    """The command from the notes' "working bwrap command"; `files` maps sandbox paths to data fds and
+    """The command from the notes' "working bwrap command"; `mounts` are the session's binds
+    (`mounts.session_mounts`; none: an empty /workspace), `files` maps sandbox paths to data fds and
     `sockets` sandbox paths to host Unix sockets (bound read-only: connecting still works)."""
     argv = [
         bwrap,
@@ -155,7 +158,10 @@ def bwrap_argv(
     argv += ["--proc", "/proc", "--dev", "/dev"]
     for tmp in ("/tmp", "/dev/shm"):  # capped tmpfs; the root tmpfs itself is made read-only below
         argv += ["--size", str(limits.tmp_bytes), "--tmpfs", tmp]
-    argv += ["--bind", workdir, WORKSPACE] if workdir else ["--dir", WORKSPACE]
+    for mount in mounts:
+        argv += ["--ro-bind" if mount.readonly else "--bind", mount.host, mount.target]
+    if not mounts:
+        argv += ["--dir", WORKSPACE]
     argv += ["--remount-ro", "/", "--chdir", WORKSPACE, "--clearenv"]
     for key, value in env.items():
         argv += ["--setenv", key, value]
@@ -192,6 +198,14 @@ def prepare_workdir(workdir: str, uid: int | None) -> None:
             for name in dirs + files:
                 os.lchown(os.path.join(root, name), uid, uid)
     os.chmod(path, 0o700)
+
+
+def prepare_mounts(spec: SandboxSpec, mounts: list[Mount], uid: int | None) -> None:
+    """The session's /mnt tree, and every read-write bind handed to `uid` (see `prepare_workdir`)."""
+    prepare_tree(home_of(spec))
+    for mount in mounts:
+        if not mount.readonly:
+            prepare_workdir(mount.host, uid)
 
 
 class BwrapSandbox(HelperSandbox):
@@ -237,7 +251,8 @@ class BwrapSandbox(HelperSandbox):
             )
         root = os.geteuid() == 0
         uid = (host_uid if host_uid is not None else default_host_uid(spec.session_id)) if root else None
-        await asyncio.to_thread(prepare_workdir, spec.workdir, uid)
+        mounts = [dataclasses.replace(m, host=os.path.realpath(m.host)) for m in session_mounts(spec)]
+        await asyncio.to_thread(prepare_mounts, spec, mounts, uid)
         command = [python, "-I", "-S", "/sbx/helper.py", "--workdir", WORKSPACE]
         command += ["--output-limit", str(limits.output_bytes), "--timeout", str(limits.call_timeout)]
         listener: EgressListener | None = None
@@ -264,7 +279,7 @@ class BwrapSandbox(HelperSandbox):
             for name in ("helper.py", "helper_files.py", "helper_net.py"):
                 files[f"/sbx/{name}"] = _memfd(name, (Path(HELPER_PATH).parent / name).read_bytes())
             env = sandbox_env(spec, proxy=listener is not None)
-            argv = bwrap_argv(bwrap, limits, env, os.path.realpath(spec.workdir), files, command, sockets=sockets)
+            argv = bwrap_argv(bwrap, limits, env, mounts, files, command, sockets=sockets)
             join_fds = cgroup.open_join_fds() if cgroup else []
 
             def preexec() -> None:  # runs in the child after the uid switch, before exec
@@ -356,7 +371,7 @@ def check_isolation(*, python: str = DEFAULT_PYTHON, timeout: float = 10.0) -> I
         bwrap,
         SandboxLimits(),
         {"PATH": "/usr/bin:/bin"},
-        None,
+        [],
         files,
         [python, "-I", "-S", "-c", "import os; print(os.getuid())"],
     )

@@ -28,10 +28,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Literal
 
-from corral.sandbox.base import Sandbox, SandboxSpec
+from corral.sandbox.base import Mount, Sandbox, SandboxSpec
 from corral.sandbox.egress import EgressProxy
 from corral.sandbox.limits import SandboxLimits
 from corral.sandbox.local import UID_BASE, UID_COUNT, BwrapSandbox, IsolationReport, check_isolation
+from corral.sandbox.mounts import bound_files
+from corral.sandbox.recipes import RECIPE_DIR, Templates, recipe_env
 from corral.sandbox.unsafe import UnsafeSandbox
 
 __all__ = ["Backend", "IsolationReport", "SandboxPool", "check_isolation", "session_dir"]
@@ -84,6 +86,7 @@ def recipe_key(spec: SandboxSpec) -> str:
     fields = dataclasses.asdict(spec)
     fields.pop("session_id")
     fields.pop("workdir")
+    fields.pop("files")  # the session's own: a ready sandbox has none, they are added after adoption
     return json.dumps(fields, sort_keys=True, default=list)
 
 
@@ -101,9 +104,11 @@ class SandboxPool:
         uid_count: int = UID_COUNT,
         egress: EgressProxy | bool = True,
         prewarm: int = 0,
+        templates: Templates | None = None,
     ) -> None:
         """`egress`: the proxy that carries the sandboxes' traffic (True: a default one, started with the
-        first sandbox; False: sandboxes get no network at all, whatever their environment says)."""
+        first sandbox; False: sandboxes get no network at all, whatever their environment says).
+        `templates`: where environment recipes are built (default `root_dir/templates`, public registries)."""
         if backend not in ("bwrap", "unsafe"):
             raise ValueError(f"unknown sandbox backend {backend!r} (expected 'bwrap' or 'unsafe')")
         self.root_dir = Path(root_dir).resolve()
@@ -121,6 +126,8 @@ class SandboxPool:
         self._filling: dict[str, asyncio.Task[None]] = {}
         self._discarding: set[asyncio.Task[None]] = set()
         self.egress: EgressProxy | None = EgressProxy() if egress is True else egress or None
+        self.templates = templates or Templates(self.root_dir / "templates")
+        self.templates.binds = backend == "bwrap"
 
     def workdir_for(self, session_id: str) -> Path:
         return session_dir(self.root_dir, session_id) / "workspace"
@@ -159,7 +166,7 @@ class SandboxPool:
 
     def _adopt(self, spec: SandboxSpec) -> Sandbox | None:
         """A ready sandbox of this recipe, moved to the new session (None if none fits)."""
-        if not self.prewarm or spec.workdir:
+        if not self.prewarm or spec.workdir or bound_files(spec.files):
             return None
         target = session_dir(self.root_dir, spec.session_id)
         slots = self._warm.get(recipe_key(spec), [])
@@ -173,7 +180,10 @@ class SandboxPool:
             target.parent.mkdir(parents=True, exist_ok=True)
             self._restrict(target.parent)
             os.rename(warm.home, target)  # the sandbox's /workspace mount follows the directory
-            warm.sandbox.spec = dataclasses.replace(spec, workdir=str(target / "workspace"))
+            ready = warm.sandbox.spec
+            warm.sandbox.spec = dataclasses.replace(
+                spec, workdir=str(target / "workspace"), mounts=ready.mounts, env=ready.env
+            )
             listener = getattr(warm.sandbox, "egress", None)
             if listener is not None:
                 listener.session_id = spec.session_id
@@ -201,7 +211,7 @@ class SandboxPool:
             home = self.root_dir / "warm" / slot
             try:
                 sandbox = await self._provision(
-                    dataclasses.replace(spec, session_id=slot, workdir=str(home / "workspace"))
+                    dataclasses.replace(spec, session_id=slot, workdir=str(home / "workspace"), files=())
                 )
             except Exception:
                 log.warning("could not prewarm a sandbox", exc_info=True)
@@ -228,6 +238,24 @@ class SandboxPool:
     async def _provision(self, spec: SandboxSpec) -> Sandbox:
         if not spec.workdir:
             spec = dataclasses.replace(spec, workdir=str(self.workdir_for(spec.session_id)))
+        spec = await self._with_recipe(spec)
+        return await self._start(spec)
+
+    async def _with_recipe(self, spec: SandboxSpec) -> SandboxSpec:
+        """`spec` plus its environment recipe's template (built first if this is its first sandbox)."""
+        recipe = self.templates.recipe_for(spec.packages)
+        if recipe is None:
+            return spec
+        try:
+            path = await self.templates.ensure(recipe, self._start)
+        finally:
+            self._uids.pop(recipe.build_id, None)  # the build's sandbox is closed and its directories gone
+        mounts = spec.mounts
+        if self.templates.binds:
+            mounts = (*mounts, Mount(str(path), RECIPE_DIR))
+        return dataclasses.replace(spec, mounts=mounts, env={**spec.env, **recipe_env(self.templates.inside(recipe))})
+
+    async def _start(self, spec: SandboxSpec) -> Sandbox:
         if self.backend == "unsafe":
             return await UnsafeSandbox.start(spec, self.limits)
         await asyncio.to_thread(self._make_dirs, Path(spec.workdir).parent)

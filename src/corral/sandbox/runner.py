@@ -16,17 +16,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import stat
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from corral.sandbox.base import SandboxDied, SandboxSpec, SandboxUnavailable, ToolResult
+from corral.sandbox.base import FileMount, RecipeFailed, SandboxDied, SandboxSpec, SandboxUnavailable, ToolResult
 from corral.sandbox.egress import EgressProxy
 from corral.sandbox.limits import SandboxLimits
-from corral.sandbox.pool import Backend, SandboxPool, check_isolation
+from corral.sandbox.mounts import bound_files, sync_live_files, write_bound_files
+from corral.sandbox.outputs import capture_outputs
+from corral.sandbox.pool import Backend, SandboxPool, check_isolation, session_dir
+from corral.sandbox.recipes import Templates
 from corral.schemas.sessions import Session
 from corral.tools.toolset import TOOLS, validate_input
 
@@ -40,14 +44,45 @@ EnvironmentLoader = Callable[[str], Awaitable[Any]]
 """`environment id -> Environment` (schemas/environments.py), e.g. `store.environments.get`."""
 
 
+class SessionFiles(Protocol):
+    """The Files a sandbox shows and makes: file resources in, outputs out (`service/sandbox_files.py`)."""
+
+    max_bytes: int
+    """Largest output file captured."""
+
+    def source(self, file_id: str) -> Path | None:
+        """The stored bytes of file `file_id` on this machine, or None if it is gone. Blocking."""
+        ...
+
+    async def save_output(self, session_id: str, filename: str, fd: int) -> object:
+        """Store what `fd` holds as a File scoped to the session."""
+        ...
+
+
+def file_mounts(session: Session) -> tuple[FileMount, ...]:
+    """The session's `file` resources as mounts."""
+    return tuple(
+        FileMount(str(r["id"]), str(r["file_id"]), str(r["mount_path"]))
+        for r in getattr(session, "resources", None) or ()
+        if isinstance(r, dict) and r.get("type") == "file" and r.get("mount_path") and r.get("file_id")
+    )
+
+
 class SandboxToolRunner:
     """Runs agent-toolset calls in per-session sandboxes; reaps idle ones in the background."""
 
     def __init__(
-        self, pool: SandboxPool, *, unavailable: str | None = None, environments: EnvironmentLoader | None = None
+        self,
+        pool: SandboxPool,
+        *,
+        unavailable: str | None = None,
+        environments: EnvironmentLoader | None = None,
+        files: SessionFiles | None = None,
     ) -> None:
         self.pool = pool
         self.environments = environments
+        self.files = files
+        """File resources in, outputs out; None: sandboxes get neither."""
         """Loads a session's environment when its sandbox is provisioned; None: every sandbox gets the
         `SandboxSpec` default (`unrestricted`)."""
         self.unavailable = unavailable
@@ -57,9 +92,13 @@ class SandboxToolRunner:
         self._reaper: asyncio.Task[None] | None = None
 
     @classmethod
-    def from_settings(cls, settings: Any, *, environments: EnvironmentLoader | None = None) -> SandboxToolRunner:
-        """From `Settings.data_dir`, `.sandbox` ("bwrap" | "unsafe-no-isolation"), `.sandbox_idle_seconds`
-        and `.sandbox_egress_allowed_networks`; `environments` loads a session's environment (networking)."""
+    def from_settings(
+        cls, settings: Any, *, environments: EnvironmentLoader | None = None, files: SessionFiles | None = None
+    ) -> SandboxToolRunner:
+        """From `Settings.data_dir`, `.sandbox` ("bwrap" | "unsafe-no-isolation"), `.sandbox_idle_seconds`,
+        `.sandbox_egress_allowed_networks` and the recipe settings (`.sandbox_pip_index_url`,
+        `.sandbox_npm_registry`, `.sandbox_recipe_timeout`); `environments` loads a session's environment
+        (networking, packages), `files` provides file resources and keeps outputs."""
         choice = str(settings.sandbox)
         if choice not in ("bwrap", "unsafe-no-isolation"):
             raise ValueError(f"unknown sandbox {choice!r}: use 'bwrap' or 'unsafe-no-isolation'")
@@ -73,15 +112,21 @@ class SandboxToolRunner:
             idle_seconds=settings.sandbox_idle_seconds,
             egress=egress,
             prewarm=settings.sandbox_prewarm,
+            templates=Templates(
+                root / "templates",
+                timeout=getattr(settings, "sandbox_recipe_timeout", 600.0),
+                pip_index_url=getattr(settings, "sandbox_pip_index_url", None),
+                npm_registry=getattr(settings, "sandbox_npm_registry", None),
+            ),
         )
         if backend == "unsafe":
             log.warning("sandbox: unsafe-no-isolation: agent tools run as this user, unconfined (no network policy)")
-            return cls(pool, environments=environments)
+            return cls(pool, environments=environments, files=files)
         problem = isolation_problem(root)
         if problem:
             log.error("sandbox: agent tools are disabled: %s", problem)
-            return cls(pool, unavailable=problem, environments=environments)
-        return cls(pool, environments=environments)
+            return cls(pool, unavailable=problem, environments=environments, files=files)
+        return cls(pool, environments=environments, files=files)
 
     @staticmethod
     def describe(settings: Any) -> str:
@@ -105,8 +150,19 @@ class SandboxToolRunner:
             return ToolResult.text(problem, is_error=True)
         self._start_reaper()
         try:
-            sandbox = await self.pool.get(SandboxSpec(session.id, ""), make_spec=lambda: self.spec_for(session))
-            return await sandbox.execute(name, tool_input)
+            sandbox = await self._sandbox(session)
+            result = await sandbox.execute(name, tool_input)
+        except RecipeFailed as e:
+            log.warning("sandbox for %s: environment recipe failed: %s", session.id, e)
+            return ToolResult(
+                content=[{"type": "text", "text": f"The {name} tool cannot run: {e}"}],
+                is_error=True,
+                session_error={
+                    "type": "unknown_error",
+                    "message": f"The sandbox could not be provisioned: {e}",
+                    "retry_status": {"type": "retrying"},
+                },
+            )
         except SandboxUnavailable as e:
             log.error("sandbox for %s unavailable: %s", session.id, e)
             return ToolResult.text(f"The {name} tool cannot run: {e}", is_error=True)
@@ -116,11 +172,61 @@ class SandboxToolRunner:
                 "files in /workspace are kept, running processes and shell state are not.",
                 is_error=True,
             )
+        await self.capture(session.id)
+        return result
+
+    @property
+    def mounts_files(self) -> bool:
+        """Whether sandboxes get file resources and outputs (they need binds: not the unsafe backend)."""
+        return self.files is not None and self.pool.backend == "bwrap"
+
+    async def _sandbox(self, session: Session) -> Any:
+        """The session's sandbox, showing its file resources as they are now.
+
+        Resources under /mnt are synced into the running sandbox's tree; a change to those bound elsewhere
+        needs a new sandbox (its files in /workspace are kept, its shell state is not)."""
+        wanted = file_mounts(session)
+        sandbox = await self.pool.get(SandboxSpec(session.id, ""), make_spec=lambda: self.spec_for(session))
+        if self.mounts_files and bound_files(sandbox.spec.files) != bound_files(wanted):
+            log.info("file resources of %s changed outside /mnt: starting a new sandbox", session.id)
+            await self.pool.destroy(session.id, remove_workdir=False)
+            sandbox = await self.pool.get(SandboxSpec(session.id, ""), make_spec=lambda: self.spec_for(session))
+        if self.mounts_files:
+            home = session_dir(self.pool.root_dir, session.id)
+            problems = await asyncio.to_thread(sync_live_files, home, wanted, self.files.source)
+            for problem in problems:
+                log.warning("sandbox for %s: %s", session.id, problem)
+        return sandbox
+
+    async def capture(self, session_id: str) -> None:
+        """Keep what the agent left in /mnt/session/outputs as session-scoped Files (never fails the call)."""
+        if not self.mounts_files:
+            return
+        try:
+            await capture_outputs(
+                session_dir(self.pool.root_dir, session_id), session_id, self.files.save_output,
+                max_bytes=self.files.max_bytes,
+            )  # fmt: skip
+        except Exception:
+            log.exception("could not capture the outputs of session %s", session_id)
 
     async def spec_for(self, session: Session) -> SandboxSpec:
-        """The recipe for a new sandbox of `session`: its environment's networking, its agent's MCP servers.
+        """The recipe for a new sandbox of `session`: its environment's networking and packages, its agent's
+        MCP servers, and its file resources.
 
         If the environment cannot be read, the sandbox gets no network (and the proxy says why)."""
+        spec = await self._environment_spec(session)
+        files = file_mounts(session)
+        bound = bound_files(files)
+        if files and self.mounts_files:
+            if bound:
+                home = session_dir(self.pool.root_dir, session.id)
+                for problem in await asyncio.to_thread(write_bound_files, home, bound, self.files.source):
+                    log.warning("sandbox for %s: %s", session.id, problem)
+            spec = dataclasses.replace(spec, files=files)
+        return spec
+
+    async def _environment_spec(self, session: Session) -> SandboxSpec:
         agent = getattr(session, "agent", None)
         mcp_urls = tuple(str(s.url) for s in getattr(agent, "mcp_servers", None) or ())
         env_id = getattr(session, "environment_id", None)
@@ -139,7 +245,12 @@ class SandboxToolRunner:
             reason = f"the environment {env_id} is of type {kind!r}, which gives corral's sandboxes no network"
             return SandboxSpec(session.id, "", networking={"type": "none", "reason": reason})
         dumped = networking.model_dump(mode="json") if hasattr(networking, "model_dump") else dict(networking)
-        return SandboxSpec(session.id, "", networking=dumped, mcp_server_urls=mcp_urls)
+        packages = getattr(config, "packages", None)
+        lists: dict[str, list[str]] = {}
+        if packages is not None:
+            raw = packages.model_dump(exclude={"type"}) if hasattr(packages, "model_dump") else dict(packages)
+            lists = {k: list(v) for k, v in raw.items() if k != "type" and v}
+        return SandboxSpec(session.id, "", networking=dumped, mcp_server_urls=mcp_urls, packages=lists)
 
     async def interrupt(self, session_id: str) -> None:
         sandbox = self.pool.current(session_id)
@@ -147,8 +258,10 @@ class SandboxToolRunner:
             await sandbox.interrupt()
 
     async def release(self, session_id: str) -> None:
-        """The session went idle: nothing to do now; the reaper closes its sandbox after the idle time."""
-        return None
+        """The session went idle: capture its outputs once more (a background process may have written
+        some); the reaper closes its sandbox after the idle time."""
+        if self.pool.current(session_id) is not None:
+            await self.capture(session_id)
 
     async def forget(self, session_id: str) -> None:
         """The session was deleted: close its sandbox and delete its working directory."""

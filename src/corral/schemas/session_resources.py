@@ -18,6 +18,7 @@ __all__ = [
     "FileResourceParams",
     "ResourceUpdate",
     "default_mount_path",
+    "paths_overlap",
     "validate_mount_path",
 ]
 
@@ -51,6 +52,15 @@ class FileResource(Response):
     updated_at: Timestamp
 
 
+RESERVED_PATHS = (
+    "/usr", "/bin", "/lib", "/lib32", "/lib64", "/sbin", "/etc", "/proc", "/dev", "/sys", "/run", "/sbx",
+    "/opt/corral", "/mnt/session/outputs",
+)  # fmt: skip
+"""The sandbox's system files and its own mounts: a file resource cannot be placed there."""
+NEEDED_DIRECTORIES = ("/workspace", "/tmp", "/mnt/session/uploads", "/mnt/session/outputs", "/opt/corral/recipe")
+"""Directories every sandbox has: a file resource cannot take their place (or a parent's)."""
+
+
 def default_mount_path(file_id: str) -> str:
     return f"/mnt/session/uploads/{file_id}"
 
@@ -65,4 +75,15 @@ def validate_mount_path(path: str) -> str:
         raise ValueError("must not contain control characters")
     if any(part in ("", ".", "..") for part in path[1:].split("/")):
         raise ValueError("must be normalized (no empty, `.` or `..` segments, no trailing slash)")
+    for reserved in RESERVED_PATHS:
+        if path == reserved or path.startswith(reserved + "/"):
+            raise ValueError(f"must not be {reserved} or inside it (the sandbox's own)")
+    for needed in NEEDED_DIRECTORIES:
+        if needed.startswith(path + "/") or needed == path:
+            raise ValueError(f"must not be {needed} or one of its parents (the sandbox needs that directory)")
     return path
+
+
+def paths_overlap(a: str, b: str) -> bool:
+    """Two mount paths that cannot both be files: equal, or one inside the other."""
+    return a == b or a.startswith(b + "/") or b.startswith(a + "/")

@@ -20,6 +20,7 @@ from ..schemas.session_resources import (
     FileResource,
     FileResourceParams,
     default_mount_path,
+    paths_overlap,
 )
 from ..store.pages import Cursor, Page
 from ..store.session_resources import SessionState
@@ -57,6 +58,12 @@ def _check_room(resources: list[dict[str, Any]], new: dict[str, Any]) -> None:
         if other.get("mount_path") == new["mount_path"]:
             raise Conflict(
                 f"mount_path {new['mount_path']} is already used by resource {other.get('id')}",
+                code="mount_path_taken",
+            )
+        if other.get("mount_path") and paths_overlap(str(other["mount_path"]), new["mount_path"]):
+            raise Conflict(
+                f"mount_path {new['mount_path']} and {other['mount_path']} (resource {other.get('id')}) "
+                "cannot both be files: one is inside the other",
                 code="mount_path_taken",
             )
 
