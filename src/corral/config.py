@@ -97,8 +97,14 @@ class Settings(BaseSettings):
     )
     sandbox: str = Field(
         default="bwrap",
-        description="Where agent-toolset tools run: `bwrap` (isolated, default), or `unsafe-no-isolation` "
-        "(plain processes on this machine: only for trusted agents on machines without user namespaces).",
+        description="Where agent-toolset tools run: `bwrap` (isolated, default), `gvisor` (isolated behind "
+        "gVisor's user-space kernel; needs `runsc`), or `unsafe-no-isolation` (plain processes on this machine: "
+        "only for trusted agents on machines without user namespaces).",
+    )
+    sandbox_runsc: str | None = Field(
+        default=None,
+        description="Path of gVisor's `runsc` binary for `CORRAL_SANDBOX=gvisor` (default: `runsc` on `PATH` "
+        "or in `/usr/local/bin`).",
     )
     searxng_url: str | None = Field(
         default=None,

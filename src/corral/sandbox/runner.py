@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 from corral.sandbox.base import FileMount, RecipeFailed, SandboxDied, SandboxSpec, SandboxUnavailable, ToolResult
 from corral.sandbox.egress import EgressProxy
+from corral.sandbox.gvisor import check_gvisor
 from corral.sandbox.limits import SandboxLimits
 from corral.sandbox.mounts import bound_files, sync_live_files, write_bound_files
 from corral.sandbox.outputs import capture_outputs
@@ -95,14 +96,12 @@ class SandboxToolRunner:
     def from_settings(
         cls, settings: Any, *, environments: EnvironmentLoader | None = None, files: SessionFiles | None = None
     ) -> SandboxToolRunner:
-        """From `Settings.data_dir`, `.sandbox` ("bwrap" | "unsafe-no-isolation"), `.sandbox_idle_seconds`,
-        `.sandbox_egress_allowed_networks` and the recipe settings (`.sandbox_pip_index_url`,
-        `.sandbox_npm_registry`, `.sandbox_recipe_timeout`); `environments` loads a session's environment
-        (networking, packages), `files` provides file resources and keeps outputs."""
-        choice = str(settings.sandbox)
-        if choice not in ("bwrap", "unsafe-no-isolation"):
-            raise ValueError(f"unknown sandbox {choice!r}: use 'bwrap' or 'unsafe-no-isolation'")
-        backend: Backend = "unsafe" if choice == "unsafe-no-isolation" else "bwrap"
+        """From `Settings.data_dir`, `.sandbox` ("bwrap" | "gvisor" | "unsafe-no-isolation"), `.sandbox_runsc`,
+        `.sandbox_idle_seconds`, `.sandbox_egress_allowed_networks` and the recipe settings
+        (`.sandbox_pip_index_url`, `.sandbox_npm_registry`, `.sandbox_recipe_timeout`); `environments` loads a
+        session's environment (networking, packages), `files` provides file resources and keeps outputs."""
+        backend = backend_of(settings)
+        runsc = getattr(settings, "sandbox_runsc", None)
         root = sandboxes_dir(settings)
         egress = EgressProxy(allowed_networks=getattr(settings, "sandbox_egress_allowed_networks", None) or ())
         pool = SandboxPool(
@@ -118,11 +117,12 @@ class SandboxToolRunner:
                 pip_index_url=getattr(settings, "sandbox_pip_index_url", None),
                 npm_registry=getattr(settings, "sandbox_npm_registry", None),
             ),
+            runsc=runsc,
         )
         if backend == "unsafe":
             log.warning("sandbox: unsafe-no-isolation: agent tools run as this user, unconfined (no network policy)")
             return cls(pool, environments=environments, files=files)
-        problem = isolation_problem(root)
+        problem = isolation_problem(root, backend, runsc)
         if problem:
             log.error("sandbox: agent tools are disabled: %s", problem)
             return cls(pool, unavailable=problem, environments=environments, files=files)
@@ -133,12 +133,14 @@ class SandboxToolRunner:
         """One line for the operator: where agent tools will run, or why they cannot (runs the check)."""
         if str(settings.sandbox) == "unsafe-no-isolation":
             return "tools: UNSAFE, no isolation (CORRAL_SANDBOX=unsafe-no-isolation): commands run as this user"
-        if str(settings.sandbox) != "bwrap":
+        if str(settings.sandbox) not in ("bwrap", "gvisor"):
             return f"tools: disabled, unknown sandbox {settings.sandbox!r}"
-        problem = isolation_problem(sandboxes_dir(settings))
+        backend = backend_of(settings)
+        problem = isolation_problem(sandboxes_dir(settings), backend, getattr(settings, "sandbox_runsc", None))
         if problem:
             return f"tools: disabled: {problem}"
-        return "tools: bubblewrap sandboxes (isolated; network only through the egress proxy, per environment)"
+        kind = "gVisor (runsc)" if backend == "gvisor" else "bubblewrap"
+        return f"tools: {kind} sandboxes (isolated; network only through the egress proxy, per environment)"
 
     async def run(self, session: Session, name: str, tool_input: dict[str, Any]) -> ToolResult:
         if name not in SANDBOX_TOOL_NAMES:
@@ -291,14 +293,23 @@ class SandboxToolRunner:
                 log.info("closed idle sandboxes: %s", ", ".join(closed))
 
 
+def backend_of(settings: Any) -> Backend:
+    """The pool backend for `settings.sandbox` (`ValueError` for an unknown one)."""
+    choice = str(settings.sandbox)
+    backends: dict[str, Backend] = {"bwrap": "bwrap", "gvisor": "gvisor", "unsafe-no-isolation": "unsafe"}
+    if choice not in backends:
+        raise ValueError(f"unknown sandbox {choice!r}: use 'bwrap', 'gvisor' or 'unsafe-no-isolation'")
+    return backends[choice]
+
+
 def sandboxes_dir(settings: Any) -> Path:
     """Where the sandbox pool keeps session working directories: `<data dir>/sandboxes`."""
     return Path(settings.data_dir).resolve() / "sandboxes"
 
 
-def isolation_problem(root: Path) -> str | None:
-    """Why bubblewrap sandboxes under `root` cannot run here, or None."""
-    report = check_isolation()
+def isolation_problem(root: Path, backend: Backend = "bwrap", runsc: str | None = None) -> str | None:
+    """Why `backend` sandboxes under `root` cannot run here, or None."""
+    report = check_gvisor(runsc=runsc) if backend == "gvisor" else check_isolation()
     if not report.ok:
         return report.detail
     return unreachable_by_others(root) if os.geteuid() == 0 else None
