@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -100,6 +101,12 @@ class Settings(BaseSettings):
         description="Where agent-toolset tools run: `bwrap` (isolated, default), `gvisor` (isolated behind "
         "gVisor's user-space kernel; needs `runsc`), or `unsafe-no-isolation` (plain processes on this machine: "
         "only for trusted agents on machines without user namespaces).",
+    )
+    sandbox_provision: Literal["lazy", "eager"] = Field(
+        default="lazy",
+        description="When a session's sandbox starts: `lazy` (on its first tool call; turns without tools never "
+        "start one) or `eager` (when a turn of a session whose agent has sandbox tools starts, in the background "
+        "beside the first model call).",
     )
     sandbox_runsc: str | None = Field(
         default=None,

@@ -148,3 +148,24 @@ async def test_gvisor_without_runsc_disables_tools_with_the_reason(sandbox_root:
         await runner.aclose()
     working = Settings(data_dir=sandbox_root / "with-runsc", sandbox="gvisor")
     assert SandboxToolRunner.describe(working).startswith("tools: gVisor (runsc) sandboxes (isolated;")
+
+
+async def test_eager_provisioning_starts_the_sandbox_when_a_turn_starts(sandbox_root: Path, backend: Backend) -> None:
+    lazy = SandboxToolRunner.from_settings(Settings(data_dir=sandbox_root / f"lazy-{backend}", sandbox=backend))
+    eager = SandboxToolRunner.from_settings(
+        Settings(data_dir=sandbox_root / f"eager-{backend}", sandbox=backend, sandbox_provision="eager")
+    )
+    try:
+        await lazy.prepare(session("prep"))
+        await asyncio.sleep(0.2)
+        assert lazy.pool.current("prep") is None  # lazy: only a tool call starts one
+        await eager.prepare(session("prep"))  # returns before the sandbox is up
+        assert eager.pool.current("prep") is None
+        await asyncio.gather(*eager._preparing)
+        sandbox = eager.pool.current("prep")
+        assert sandbox is not None and sandbox.alive()
+        result = await eager.run(session("prep"), "bash", {"command": "echo ready"})
+        assert result.content[0]["text"] == "ready" and eager.pool.current("prep") is sandbox
+    finally:
+        await lazy.aclose()
+        await eager.aclose()

@@ -46,7 +46,7 @@ from . import crashpoints
 from .compaction import Compactor
 from .context import Conversation, ToolUse, input_key, run_key
 from .mcp import MCPOffer, MCPToolsets
-from .policies import decide, model_tools
+from .policies import decide, enabled_agent_tools, model_tools
 from .runlog import RunLog
 from .tools import ToolRunner
 
@@ -182,6 +182,8 @@ class Harness:
         events: list[Event] = []
         if starts_work and p.convo.status != "running":
             events.append(SessionStatusRunning(id=new_id("event"), processed_at=_now()))
+            if any(name in self.tools.definitions for name in enabled_agent_tools(p.session.agent)):
+                await self.tools.prepare(p.session)  # returns at once (CORRAL_SANDBOX_PROVISION=eager)
         elif interrupted and not starts_work:
             last_stop = (p.convo.last_idle or {}).get("stop_reason", {}).get("type")
             if p.convo.status != "idle" or last_stop == "requires_action":

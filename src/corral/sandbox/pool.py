@@ -131,7 +131,7 @@ class SandboxPool:
         self._discarding: set[asyncio.Task[None]] = set()
         self.egress: EgressProxy | None = EgressProxy() if egress is True else egress or None
         self.templates = templates or Templates(self.root_dir / "templates")
-        self.templates.binds = backend == "bwrap"
+        self.templates.binds = backend != "unsafe"
 
     def workdir_for(self, session_id: str) -> Path:
         return session_dir(self.root_dir, session_id) / "workspace"

@@ -79,8 +79,12 @@ class SandboxToolRunner:
         unavailable: str | None = None,
         environments: EnvironmentLoader | None = None,
         files: SessionFiles | None = None,
+        eager: bool = False,
     ) -> None:
         self.pool = pool
+        self.eager = eager
+        """Start a session's sandbox when its turn starts (`prepare`), not on its first tool call."""
+        self._preparing: set[asyncio.Task[None]] = set()
         self.environments = environments
         self.files = files
         """File resources in, outputs out; None: sandboxes get neither."""
@@ -102,6 +106,7 @@ class SandboxToolRunner:
         session's environment (networking, packages), `files` provides file resources and keeps outputs."""
         backend = backend_of(settings)
         runsc = getattr(settings, "sandbox_runsc", None)
+        eager = getattr(settings, "sandbox_provision", "lazy") == "eager"
         root = sandboxes_dir(settings)
         egress = EgressProxy(allowed_networks=getattr(settings, "sandbox_egress_allowed_networks", None) or ())
         pool = SandboxPool(
@@ -121,12 +126,12 @@ class SandboxToolRunner:
         )
         if backend == "unsafe":
             log.warning("sandbox: unsafe-no-isolation: agent tools run as this user, unconfined (no network policy)")
-            return cls(pool, environments=environments, files=files)
+            return cls(pool, environments=environments, files=files, eager=eager)
         problem = isolation_problem(root, backend, runsc)
         if problem:
             log.error("sandbox: agent tools are disabled: %s", problem)
             return cls(pool, unavailable=problem, environments=environments, files=files)
-        return cls(pool, environments=environments, files=files)
+        return cls(pool, environments=environments, files=files, eager=eager)
 
     @staticmethod
     def describe(settings: Any) -> str:
@@ -180,7 +185,7 @@ class SandboxToolRunner:
     @property
     def mounts_files(self) -> bool:
         """Whether sandboxes get file resources and outputs (they need binds: not the unsafe backend)."""
-        return self.files is not None and self.pool.backend == "bwrap"
+        return self.files is not None and self.pool.backend != "unsafe"
 
     async def _sandbox(self, session: Session) -> Any:
         """The session's sandbox, showing its file resources as they are now.
@@ -254,6 +259,23 @@ class SandboxToolRunner:
             lists = {k: list(v) for k, v in raw.items() if k != "type" and v}
         return SandboxSpec(session.id, "", networking=dumped, mcp_server_urls=mcp_urls, packages=lists)
 
+    async def prepare(self, session: Session) -> None:
+        """With eager provisioning, start the session's sandbox now, beside the turn's first model call;
+        its first tool call then finds it ready (or waits for the start already under way)."""
+        if not self.eager or self.unavailable:
+            return
+        self._start_reaper()
+
+        async def provision() -> None:
+            try:
+                await self.pool.get(SandboxSpec(session.id, ""), make_spec=lambda: self.spec_for(session))
+            except Exception as e:  # the first tool call retries and reports it as its result
+                log.warning("eager sandbox for %s failed: %s", session.id, e)
+
+        task = asyncio.create_task(provision(), name="sandbox-prepare")
+        self._preparing.add(task)
+        task.add_done_callback(self._preparing.discard)
+
     async def interrupt(self, session_id: str) -> None:
         sandbox = self.pool.current(session_id)
         if sandbox is not None and sandbox.alive():
@@ -270,6 +292,7 @@ class SandboxToolRunner:
         await self.pool.destroy(session_id)
 
     async def aclose(self) -> None:
+        await asyncio.gather(*self._preparing, return_exceptions=True)
         if self._reaper is not None:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
