@@ -232,10 +232,11 @@ class GvisorSandbox(HelperSandbox):
             data = {**generated_files(inside_uid), **helper_sources()}
             # The helper under sh: PID 1 must reap orphans, which the helper does not.
             command = ["/bin/sh", "-c", '"$@"; exit $?', "sh", *helper_command(python, limits, proxy=bool(listener))]
-            # RLIMIT_AS of a single process may use the whole memory budget: the Sentry holds all of the
-            # sandbox's memory, so the cgroup's OOM killer would take the whole sandbox, not one process.
+            # RLIMIT_AS: twice the memory budget. The Sentry holds all of the sandbox's memory, so a cgroup
+            # OOM kill takes the whole sandbox, not one process: a per-process cap near the budget makes a
+            # hog fail alone. Not the budget itself: V8 (node, npm) reserves more address space than it uses.
             plan = [
-                (r, limits.memory_bytes if r == resource.RLIMIT_AS else v)
+                (r, 2 * limits.memory_bytes if r == resource.RLIMIT_AS else v)
                 for r, v in rlimit_plan(limits, memory_cgroup=cgroup is not None, own_uid=True)
             ]
             paths = await asyncio.to_thread(_write_bundle, bundle, data)
