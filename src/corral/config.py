@@ -125,6 +125,12 @@ class Settings(BaseSettings):
         '`["10.0.0.0/8"]` (by default it refuses loopback, private and link-local addresses, whatever the '
         "environment's networking says).",
     )
+    egress_upstream_ca_file: Path | None = Field(
+        default=None,
+        description="PEM file of extra CA certificates the egress proxy trusts, besides the system store, when "
+        "it opens TLS to a server on behalf of a sandbox whose requests carry credentials (e.g. an internal "
+        "git server's CA).",
+    )
 
     secret_key: SecretStr | None = Field(
         default=None,

@@ -10,6 +10,7 @@ import contextlib
 import logging
 import shutil
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from .config import Settings
 from .harness.loop import Harness
@@ -20,6 +21,11 @@ from .models.router import ModelRouter
 from .store.store import Store
 from .store.watch import Watcher
 from .vault.keys import KeyRing
+
+if TYPE_CHECKING:
+    from .schemas.sessions import Session
+    from .vault.broker import SessionCredentials
+    from .vault.crypto import SecretBox
 
 __all__ = ["Runtime"]
 
@@ -81,9 +87,18 @@ class Runtime:
         """Sandbox tools in the session's sandbox, web tools in this process."""
         from .sandbox.runner import SandboxToolRunner
         from .tools.web import WebTools
+        from .vault.broker import SessionCredentials
+
+        async def box() -> SecretBox:
+            return (await self.secret_keys()).box()
+
+        async def credentials(session: Session) -> SessionCredentials | None:
+            return await SessionCredentials.load(self.store, box, session)
 
         runners: list[ToolRunner] = [
-            SandboxToolRunner.from_settings(self.settings, environments=self.store.environments.get),
+            SandboxToolRunner.from_settings(
+                self.settings, environments=self.store.environments.get, credentials=credentials
+            ),
             WebTools.from_settings(self.settings),
         ]
         return ToolRouter(runners, NoTools("it is not available in this deployment"))

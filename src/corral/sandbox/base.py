@@ -8,7 +8,10 @@ from the same recipe; the session's working directory lives outside the sandbox 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from corral.sandbox.credentials import CredentialBroker
 
 __all__ = ["Sandbox", "SandboxDied", "SandboxSpec", "SandboxUnavailable", "ToolResult"]
 
@@ -41,6 +44,9 @@ class SandboxSpec:
     """The environment's `config.packages` lists (apt, pip, npm, ...)."""
     env: dict[str, str] = field(default_factory=dict)
     """Extra environment variables for processes inside (never secrets)."""
+    credentials: CredentialBroker | None = field(default=None, compare=False, repr=False)
+    """The session's credentials, applied by the egress proxy (`credentials.py`); its placeholders are in
+    `env`. Sandboxes with credentials are never prewarmed nor shared."""
 
 
 class SandboxUnavailable(RuntimeError):

@@ -46,6 +46,7 @@ from corral.sandbox.egress import (
     proxy_env,
 )
 from corral.sandbox.limits import SandboxLimits, apply_rlimits, rlimit_plan
+from corral.sandbox.tls import SYSTEM_CA_BUNDLES
 
 __all__ = ["BwrapSandbox", "IsolationReport", "check_isolation", "prepare_workdir"]
 
@@ -92,7 +93,31 @@ def default_host_uid(session_id: str) -> int:
     return UID_BASE + zlib.crc32(session_id.encode()) % UID_COUNT
 
 
-def sandbox_env(spec: SandboxSpec, *, proxy: bool = False) -> dict[str, str]:
+SANDBOX_CA = "/etc/corral/egress-ca.pem"
+"""The egress CA's certificate alone, inside a sandbox."""
+SANDBOX_CA_BUNDLE = "/etc/corral/ca-bundle.pem"
+"""The host's trust store plus the egress CA, inside a sandbox (also bound over the system bundle)."""
+CA_ENV = {
+    "SSL_CERT_FILE": SANDBOX_CA_BUNDLE,  # OpenSSL-based clients: Python ssl, Ruby, curl built on OpenSSL
+    "REQUESTS_CA_BUNDLE": SANDBOX_CA_BUNDLE,  # requests (else certifi's own bundle)
+    "CURL_CA_BUNDLE": SANDBOX_CA_BUNDLE,
+    "GIT_SSL_CAINFO": SANDBOX_CA_BUNDLE,
+    "PIP_CERT": SANDBOX_CA_BUNDLE,
+    "NODE_EXTRA_CA_CERTS": SANDBOX_CA,  # Node keeps its built-in roots and adds these
+}
+"""Trust settings of common clients, pointed at the sandbox's bundle (see docs/sandbox.md)."""
+
+
+def ca_files(bundle: bytes, ca: bytes) -> dict[str, bytes]:
+    """The files that make a sandbox trust the egress CA: its own paths, and over the system bundle."""
+    files = {SANDBOX_CA: ca, SANDBOX_CA_BUNDLE: bundle}
+    for path in SYSTEM_CA_BUNDLES:
+        if path.startswith("/etc/ssl/") and os.path.isfile(path):
+            files[path] = bundle
+    return files
+
+
+def sandbox_env(spec: SandboxSpec, *, proxy: bool = False, ca: bool = False) -> dict[str, str]:
     env = {
         "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "HOME": WORKSPACE,
@@ -104,6 +129,8 @@ def sandbox_env(spec: SandboxSpec, *, proxy: bool = False) -> dict[str, str]:
     }
     if proxy:
         env.update(proxy_env(FORWARDER_PORT))
+    if ca:
+        env.update(CA_ENV)
     for key, value in spec.env.items():
         if not key or "=" in key or "\0" in key + value or key.startswith(SCRUBBED_PREFIXES):
             continue
@@ -245,12 +272,16 @@ class BwrapSandbox(HelperSandbox):
         if egress is not None:
             policy = EgressPolicy.from_networking(spec.networking, spec.mcp_server_urls)
             try:
-                listener = await egress.open(spec.session_id, policy, uid=uid)
+                listener = await egress.open(spec.session_id, policy, uid=uid, broker=spec.credentials)
             except OSError as e:
                 raise SandboxUnavailable(f"could not open the sandbox's egress proxy socket: {e}") from e
             sockets[SANDBOX_PROXY_SOCKET] = listener.path
             command += ["--proxy-socket", SANDBOX_PROXY_SOCKET, "--proxy-port", str(FORWARDER_PORT)]
+        trusted: dict[str, bytes] = {}
         try:
+            if egress is not None and egress.ca is not None:
+                ca = egress.ca
+                trusted = ca_files(*await asyncio.to_thread(lambda: (ca.bundle_pem(), ca.certificate_pem)))
             cgroup = await asyncio.to_thread(cgroups.Cgroup.create, limits)
         except BaseException:
             if listener is not None:
@@ -263,7 +294,9 @@ class BwrapSandbox(HelperSandbox):
                 files[dest] = _memfd(dest.rsplit("/", 1)[1], data)
             for name in ("helper.py", "helper_files.py", "helper_net.py"):
                 files[f"/sbx/{name}"] = _memfd(name, (Path(HELPER_PATH).parent / name).read_bytes())
-            env = sandbox_env(spec, proxy=listener is not None)
+            for dest, data in trusted.items():
+                files[dest] = _memfd(dest.rsplit("/", 1)[1], data)
+            env = sandbox_env(spec, proxy=listener is not None, ca=bool(trusted))
             argv = bwrap_argv(bwrap, limits, env, os.path.realpath(spec.workdir), files, command, sockets=sockets)
             join_fds = cgroup.open_join_fds() if cgroup else []
 

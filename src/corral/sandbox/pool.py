@@ -81,7 +81,8 @@ MAX_WARM_RECIPES = 4
 
 def recipe_key(spec: SandboxSpec) -> str:
     """What makes two sandboxes interchangeable before a session's files are in them."""
-    fields = dataclasses.asdict(spec)
+    fields = dataclasses.asdict(dataclasses.replace(spec, credentials=None))
+    fields.pop("credentials")
     fields.pop("session_id")
     fields.pop("workdir")
     return json.dumps(fields, sort_keys=True, default=list)
@@ -159,7 +160,7 @@ class SandboxPool:
 
     def _adopt(self, spec: SandboxSpec) -> Sandbox | None:
         """A ready sandbox of this recipe, moved to the new session (None if none fits)."""
-        if not self.prewarm or spec.workdir:
+        if not self.prewarm or spec.workdir or spec.credentials is not None:
             return None
         target = session_dir(self.root_dir, spec.session_id)
         slots = self._warm.get(recipe_key(spec), [])
@@ -184,8 +185,8 @@ class SandboxPool:
 
     def _refill(self, spec: SandboxSpec) -> None:
         """Top up the ready sandboxes of `spec`'s recipe in the background."""
-        if not self.prewarm or self._closed:
-            return
+        if not self.prewarm or self._closed or spec.credentials is not None:
+            return  # a session's credentials are its own: no sandbox is started ahead with them
         key = recipe_key(spec)
         self._warm[key] = self._warm.pop(key, [])  # most recently used last
         while len(self._warm) > MAX_WARM_RECIPES:

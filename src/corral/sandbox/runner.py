@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import stat
@@ -24,9 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from corral.sandbox.base import SandboxDied, SandboxSpec, SandboxUnavailable, ToolResult
+from corral.sandbox.credentials import CredentialBroker
 from corral.sandbox.egress import EgressProxy
 from corral.sandbox.limits import SandboxLimits
 from corral.sandbox.pool import Backend, SandboxPool, check_isolation
+from corral.sandbox.tls import CertificateAuthority
 from corral.schemas.sessions import Session
 from corral.tools.toolset import TOOLS, validate_input
 
@@ -38,16 +41,25 @@ SANDBOX_TOOL_NAMES = tuple(name for name, tool in TOOLS.items() if tool.in_sandb
 
 EnvironmentLoader = Callable[[str], Awaitable[Any]]
 """`environment id -> Environment` (schemas/environments.py), e.g. `store.environments.get`."""
+CredentialLoader = Callable[[Session], Awaitable[CredentialBroker | None]]
+"""`session -> its credentials` for the egress proxy (vault/broker.py), None when it has none."""
 
 
 class SandboxToolRunner:
     """Runs agent-toolset calls in per-session sandboxes; reaps idle ones in the background."""
 
     def __init__(
-        self, pool: SandboxPool, *, unavailable: str | None = None, environments: EnvironmentLoader | None = None
+        self,
+        pool: SandboxPool,
+        *,
+        unavailable: str | None = None,
+        environments: EnvironmentLoader | None = None,
+        credentials: CredentialLoader | None = None,
     ) -> None:
         self.pool = pool
         self.environments = environments
+        self.credentials = credentials
+        """Loads a session's credentials when its sandbox is provisioned (None: sandboxes get none)."""
         """Loads a session's environment when its sandbox is provisioned; None: every sandbox gets the
         `SandboxSpec` default (`unrestricted`)."""
         self.unavailable = unavailable
@@ -57,7 +69,13 @@ class SandboxToolRunner:
         self._reaper: asyncio.Task[None] | None = None
 
     @classmethod
-    def from_settings(cls, settings: Any, *, environments: EnvironmentLoader | None = None) -> SandboxToolRunner:
+    def from_settings(
+        cls,
+        settings: Any,
+        *,
+        environments: EnvironmentLoader | None = None,
+        credentials: CredentialLoader | None = None,
+    ) -> SandboxToolRunner:
         """From `Settings.data_dir`, `.sandbox` ("bwrap" | "unsafe-no-isolation"), `.sandbox_idle_seconds`
         and `.sandbox_egress_allowed_networks`; `environments` loads a session's environment (networking)."""
         choice = str(settings.sandbox)
@@ -65,7 +83,12 @@ class SandboxToolRunner:
             raise ValueError(f"unknown sandbox {choice!r}: use 'bwrap' or 'unsafe-no-isolation'")
         backend: Backend = "unsafe" if choice == "unsafe-no-isolation" else "bwrap"
         root = sandboxes_dir(settings)
-        egress = EgressProxy(allowed_networks=getattr(settings, "sandbox_egress_allowed_networks", None) or ())
+        upstream_ca = getattr(settings, "egress_upstream_ca_file", None)
+        egress = EgressProxy(
+            allowed_networks=getattr(settings, "sandbox_egress_allowed_networks", None) or (),
+            ca=CertificateAuthority(Path(settings.data_dir).resolve() / "egress-ca"),
+            upstream_ca_file=str(upstream_ca) if upstream_ca else None,
+        )
         pool = SandboxPool(
             root,
             backend,
@@ -76,12 +99,12 @@ class SandboxToolRunner:
         )
         if backend == "unsafe":
             log.warning("sandbox: unsafe-no-isolation: agent tools run as this user, unconfined (no network policy)")
-            return cls(pool, environments=environments)
+            return cls(pool, environments=environments)  # no proxy, hence no credentials
         problem = isolation_problem(root)
         if problem:
             log.error("sandbox: agent tools are disabled: %s", problem)
             return cls(pool, unavailable=problem, environments=environments)
-        return cls(pool, environments=environments)
+        return cls(pool, environments=environments, credentials=credentials)
 
     @staticmethod
     def describe(settings: Any) -> str:
@@ -105,7 +128,7 @@ class SandboxToolRunner:
             return ToolResult.text(problem, is_error=True)
         self._start_reaper()
         try:
-            sandbox = await self.pool.get(SandboxSpec(session.id, ""), make_spec=lambda: self.spec_for(session))
+            sandbox = await self.pool.get(SandboxSpec(session.id, ""), make_spec=lambda: self.provision_spec(session))
             return await sandbox.execute(name, tool_input)
         except SandboxUnavailable as e:
             log.error("sandbox for %s unavailable: %s", session.id, e)
@@ -140,6 +163,21 @@ class SandboxToolRunner:
             return SandboxSpec(session.id, "", networking={"type": "none", "reason": reason})
         dumped = networking.model_dump(mode="json") if hasattr(networking, "model_dump") else dict(networking)
         return SandboxSpec(session.id, "", networking=dumped, mcp_server_urls=mcp_urls)
+
+    async def provision_spec(self, session: Session) -> SandboxSpec:
+        """`spec_for(session)` plus the session's credentials: their placeholders in the env, the broker
+        for the proxy. Credentials that cannot be read make the sandbox unavailable (the call says why)."""
+        spec = await self.spec_for(session)
+        if self.credentials is None:
+            return spec
+        try:
+            broker = await self.credentials(session)
+        except Exception as e:
+            log.exception("sandbox for %s: cannot read the session's credentials", session.id)
+            raise SandboxUnavailable(f"the session's vault credentials could not be read: {e}") from e
+        if broker is None:
+            return spec
+        return dataclasses.replace(spec, env={**spec.env, **broker.environment}, credentials=broker)
 
     async def interrupt(self, session_id: str) -> None:
         sandbox = self.pool.current(session_id)
