@@ -15,7 +15,7 @@ from corral.config import Settings
 
 from .fake_model import FakeModel
 from .servers import ServerThread, database_url
-from .tls_servers import HttpsEcho, TestCA
+from .tls_servers import GitServer, HttpsEcho, TestCA
 from .web_site import WebSite
 
 API_KEY = "test-key-7f3a"
@@ -107,6 +107,14 @@ def test_ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
 def https_echo(test_ca: TestCA) -> Iterator[HttpsEcho]:
     with HttpsEcho(test_ca) as echo:
         yield echo
+
+
+@pytest.fixture(scope="session")
+def git_server(test_ca: TestCA) -> Iterator[GitServer]:
+    import uuid
+
+    with GitServer(test_ca, token=f"tok-{uuid.uuid4().hex}") as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -161,7 +161,9 @@ class _Folder:
         elif kind == "span.model_request_end":
             self.span_end(ev)
         elif kind == "session.error":
-            if ev["error"].get("retry_status", {}).get("type") == "retrying":
+            if ev["error"].get("type", "").startswith("repository_"):
+                pass  # a repository that could not be set up: not a failed model call
+            elif ev["error"].get("retry_status", {}).get("type") == "retrying":
                 c.failures += 1
             else:
                 c.failures = 0

@@ -206,6 +206,9 @@ class Harness:
             await self._append(p, [_tool_result(tool, f"Tool error: {exc}", error=True)])
             return
         done: list[Event] = [
+            SessionError(id=new_id("event"), processed_at=_now(), error=error) for error in result.errors
+        ]
+        done += [
             AgentToolResult(
                 id=new_id("event"),
                 processed_at=_now(),

@@ -22,10 +22,12 @@ class ToolResult:
 
     content: list[dict[str, Any]]
     is_error: bool = False
+    errors: tuple[dict[str, Any], ...] = ()
+    """`session.error` objects to record before the result (e.g. a repository that could not be cloned)."""
 
     @classmethod
-    def text(cls, text: str, *, is_error: bool = False) -> ToolResult:
-        return cls(content=[{"type": "text", "text": text}], is_error=is_error)
+    def text(cls, text: str, *, is_error: bool = False, errors: tuple[dict[str, Any], ...] = ()) -> ToolResult:
+        return cls(content=[{"type": "text", "text": text}], is_error=is_error, errors=errors)
 
 
 @dataclass(frozen=True)

@@ -24,9 +24,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from corral.sandbox.base import SandboxDied, SandboxSpec, SandboxUnavailable, ToolResult
+from corral.sandbox.base import Sandbox, SandboxDied, SandboxSpec, SandboxUnavailable, ToolResult
 from corral.sandbox.credentials import CredentialBroker
 from corral.sandbox.egress import EgressProxy
+from corral.sandbox.git import CloneFailure, RepositorySetup
 from corral.sandbox.limits import SandboxLimits
 from corral.sandbox.pool import Backend, SandboxPool, check_isolation
 from corral.sandbox.tls import CertificateAuthority
@@ -129,6 +130,16 @@ class SandboxToolRunner:
         self._start_reaper()
         try:
             sandbox = await self.pool.get(SandboxSpec(session.id, ""), make_spec=lambda: self.provision_spec(session))
+            failures = await self.set_up_repositories(session, sandbox)
+            if failures:
+                listing = "\n".join(f"- {f.message}" for f in failures)
+                return ToolResult.text(
+                    f"The {name} call was not run: the session's repositories could not be set up:\n{listing}\n"
+                    "The session continues without them; the next call runs normally (updating a repository "
+                    "resource's authorization_token retries its clone).",
+                    is_error=True,
+                    errors=tuple(f.error() for f in failures),
+                )
             return await sandbox.execute(name, tool_input)
         except SandboxUnavailable as e:
             log.error("sandbox for %s unavailable: %s", session.id, e)
@@ -178,6 +189,17 @@ class SandboxToolRunner:
         if broker is None:
             return spec
         return dataclasses.replace(spec, env={**spec.env, **broker.environment}, credentials=broker)
+
+    async def set_up_repositories(self, session: Session, sandbox: Sandbox) -> list[CloneFailure]:
+        """Clone the session's repository resources this sandbox does not have yet (`git.py`)."""
+        resources = list(getattr(session, "resources", None) or [])
+        if not any(r.get("type") == "github_repository" for r in resources):
+            return []
+        setup = getattr(sandbox, "repositories", None)
+        if setup is None:
+            setup = RepositorySetup()
+            sandbox.repositories = setup  # type: ignore[attr-defined]
+        return await setup.run(sandbox, resources)
 
     async def interrupt(self, session_id: str) -> None:
         sandbox = self.pool.current(session_id)
