@@ -78,8 +78,11 @@ def test_placeholders_become_secrets_only_for_allowed_hosts_and_locations(
         f'curl -sS -o /dev/null -w "%{{http_code}}" {post} "{allowed}/a-{mark}?q=$API_TOKEN"',
         # another host (not intercepted: its own certificate, from the test CA the sandbox does not know)
         f'curl -sSk -o /dev/null -w "%{{http_code}}" {post} "{other}/o-{mark}?q=$API_TOKEN"',
+        # a chunked body is read whole and re-framed; two requests on one kept-alive connection
+        f'printf "k=$BODY_TOKEN" | curl -sS -H "Transfer-Encoding: chunked" --data-binary @- {allowed}/c-{mark} '
+        f'-o /dev/null --next -H "X-Again: $API_TOKEN" {allowed}/k-{mark} -o /dev/null -w "%{{num_connects}}"',
     )
-    (_, placeholders), (err_a, code_a), (err_o, code_o) = results
+    (_, placeholders), (err_a, code_a), (err_o, code_o), (err_c, connects) = results
     api_placeholder, body_placeholder = placeholders.split()
     assert api_placeholder.startswith("corral_placeholder_") and body_placeholder.startswith("corral_placeholder_")
     assert header_secret not in placeholders and body_secret not in placeholders
@@ -96,6 +99,27 @@ def test_placeholders_become_secrets_only_for_allowed_hosts_and_locations(
     assert at_other["headers"]["authorization"] == f"Bearer {api_placeholder}"
     assert at_other["body"] == f"a={api_placeholder}&b={body_placeholder}"
     assert header_secret not in json.dumps(at_other) and body_secret not in json.dumps(at_other)
+
+    assert not err_c and connects == "0"  # the second request reused the connection
+    assert sent(https_echo, f"c-{mark}")["body"] == f"k={body_secret}"
+    assert sent(https_echo, f"c-{mark}")["headers"]["content-length"] == str(len(f"k={body_secret}"))
+    assert sent(https_echo, f"k-{mark}")["headers"]["x-again"] == header_secret
+
+
+def test_a_secret_goes_only_to_a_server_that_proves_its_name(
+    egress_client: anthropic.Anthropic, fake: FakeModel, https_echo: HttpsEcho
+) -> None:
+    """The server at OTHER presents a certificate that does not name it: the proxy, which must verify the
+    server before it sends a secret there, refuses the connection instead (the agent sees why)."""
+    secret = f"unverified-{uuid.uuid4().hex}"
+    vault = egress_client.beta.vaults.create(display_name="strict")
+    env_credential(egress_client, vault.id, "STRICT", secret, [OTHER])
+    session = make_session(egress_client, [vault.id])
+    mark = uuid.uuid4().hex[:8]
+    url = f"https://{OTHER}:{https_echo.ports[OTHER]}/u-{mark}"
+    ((failed, output),) = bash(egress_client, fake, session.id, f'curl -sS -H "X-Key: $STRICT" {url} 2>&1')
+    assert failed and "CONNECT tunnel failed, response 502" in output, output
+    assert not [r for r in https_echo.seen if f"u-{mark}" in r["path"]]
 
 
 def test_an_updated_secret_applies_to_the_next_request_and_an_archived_one_is_not_sent(

@@ -83,3 +83,31 @@ class SessionResourceRepo:
                 )
             ).all()
         return [(r.resource_id, r.url, r.secret) for r in rows]
+
+    # ---- for key rotation (the same shape as CredentialRepo's) ----
+
+    async def secrets_after(self, after: str, limit: int) -> list[tuple[str, str]]:
+        c = t.session_resource_secrets.c
+        async with self.db.read() as conn:
+            rows = (
+                await conn.execute(
+                    select(c.resource_id, c.secret).where(c.resource_id > after).order_by(c.resource_id).limit(limit)
+                )
+            ).all()
+        return [(r.resource_id, r.secret) for r in rows]
+
+    async def secret_of(self, resource_id: str) -> str | None:
+        c = t.session_resource_secrets.c
+        async with self.db.read() as conn:
+            row = (await conn.execute(select(c.secret).where(c.resource_id == resource_id))).first()
+        return row.secret if row else None
+
+    async def swap_secret(self, resource_id: str, old: str, new: str) -> bool:
+        c = t.session_resource_secrets.c
+        async with self.db.write() as conn:
+            result = await conn.execute(
+                update(t.session_resource_secrets)
+                .where(c.resource_id == resource_id, c.secret == old)
+                .values(secret=new)
+            )
+        return result.rowcount == 1
