@@ -153,6 +153,8 @@ async def relay_requests(
             keep = await _one_request(
                 broker, host, port, event, inbound, outbound, c_reader, c_writer, u_reader, u_writer
             )
+        except (h11.RemoteProtocolError, TimeoutError, ConnectionError, ssl.SSLError):
+            return  # the sandbox's client broke its request off, or a side went away mid-body
         except _Failed as e:
             if inbound.our_state in (h11.IDLE, h11.SEND_RESPONSE):
                 body = f"corral egress proxy: {e.detail}\n".encode()
@@ -223,8 +225,9 @@ async def _one_request(
                 else:
                     return False
         await _send(outbound, u_writer, h11.EndOfMessage())
-    except h11.LocalProtocolError as e:
-        raise _Failed(400, f"the request cannot be forwarded: {e}") from None
+    except h11.LocalProtocolError:
+        # never quote h11's message: it may hold a header value, i.e. a secret just put in
+        raise _Failed(400, "the request cannot be forwarded (a header or its framing is not valid HTTP)") from None
     return await _relay_response(inbound, outbound, c_writer, u_reader)
 
 

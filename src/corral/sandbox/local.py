@@ -16,8 +16,9 @@ Networking: every sandbox keeps `--unshare-net` (its own loopback, nothing else)
 host-side proxy bound read-only at /run/corral/proxy.sock, the helper's forwarder thread listening on
 127.0.0.1:3128, and HTTP(S)_PROXY/http(s)_proxy/NO_PROXY pointing there; the proxy applies
 `spec.networking` (`unrestricted`, or `limited`: allowed_hosts, package registries, MCP servers) and never
-reaches host-local addresses. See `egress.py`. Per sandbox this costs one socket bind on the host and
-~0.3 ms in the helper.
+reaches host-local addresses. See `egress.py`. When the proxy has a CA (`tls.py`), the sandbox trusts it
+(`ca_files`, `CA_ENV`), so the proxy can terminate TLS for hosts the session has credentials for. Per
+sandbox this costs one socket bind on the host and ~0.3 ms in the helper.
 
 Not done yet: `spec.packages` installation, and a seccomp filter (`--seccomp FD`).
 """

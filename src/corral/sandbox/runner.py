@@ -10,6 +10,10 @@ egress proxy applies it to that sandbox for as long as it lives. So a change to 
 networking applies from the next sandbox provisioned for a session (after an idle close, a dead sandbox,
 or a new session), never to one already running, as the API says ("config changes affect only new
 containers").
+
+Credentials: the session's `CredentialBroker` (vault/broker.py, through the `credentials` loader) is put in
+the spec too, its placeholders in the sandbox's environment; the proxy asks it on every request. Before
+each call, the session's repository resources the sandbox does not have yet are cloned (`git.py`).
 """
 
 from __future__ import annotations
