@@ -235,6 +235,12 @@ def test_the_sandbox_never_holds_a_secret_and_the_api_never_returns_one(
     if os.geteuid() == 0:
         assert info.st_uid == mine.host_uid != theirs.host_uid
 
+    # The CA's key stays on the host, private; sandboxes get only its certificate.
+    ca_dir = egress_server.settings.data_dir / "egress-ca"
+    assert stat.S_IMODE(os.stat(ca_dir).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(ca_dir / "ca.key").st_mode) == 0o600
+    assert "ca.key" not in env_out and "PRIVATE KEY" not in env_out
+
     # Nothing the API returns holds the secret: credential, session, every event of both sessions.
     dumped = [
         egress_client.beta.vaults.credentials.retrieve(credential.id, vault_id=vault.id).model_dump_json(),

@@ -170,7 +170,15 @@ def test_missing_repositories_and_branches_are_their_own_errors(
     egress_client: anthropic.Anthropic, fake: FakeModel, git_server: GitServer
 ) -> None:
     name = f"team/there-{uuid.uuid4().hex[:6]}.git"
-    git_server.make_repo(name, {"a.txt": "x\n"})
+    bare = git_server.make_repo(name, {"a.txt": "x\n"})
+    first = subprocess.run(
+        ["git", "-C", str(bare), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    with tempfile.TemporaryDirectory() as work:  # a second commit: the pinned checkout must not be the tip
+        subprocess.run(["git", "clone", "-q", str(bare), work], check=True)
+        git = ["git", "-C", work, "-c", "user.name=S", "-c", "user.email=s@example.com"]
+        subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "later"], check=True)
+        subprocess.run([*git, "push", "-q", "origin", "main"], check=True)
     token = git_server.token
     session = new_session(
         egress_client,
@@ -182,9 +190,17 @@ def test_missing_repositories_and_branches_are_their_own_errors(
                 "authorization_token": token,
                 "checkout": {"type": "branch", "name": "no-such-branch"},
             },
+            {
+                "type": "github_repository",
+                "url": f"{git_server.url()}/{name}",
+                "authorization_token": token,
+                "checkout": {"type": "commit", "sha": first},
+                "mount_path": "/workspace/pinned",
+            },
         ],
     )
-    seen = run(egress_client, fake, session.id, "true")
+    seen = run(egress_client, fake, session.id, "true", "git -C /workspace/pinned rev-parse HEAD")
     kinds = [e.error.type for e in seen if e.type == "session.error"]
     assert kinds == ["repository_not_found_error", "repository_checkout_error"]
+    assert results(seen)[1] == (False, first)  # the third one is checked out at the pinned commit
     assert token not in everything_said(egress_client, session.id)
