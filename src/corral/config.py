@@ -162,6 +162,12 @@ class Settings(BaseSettings):
         "after that the build fails and the tool call gets an error.",
         gt=0,
     )
+    egress_upstream_ca_file: Path | None = Field(
+        default=None,
+        description="PEM file of extra CA certificates the egress proxy trusts, besides the system store, when "
+        "it opens TLS to a server on behalf of a sandbox whose requests carry credentials (e.g. an internal "
+        "git server's CA).",
+    )
 
     secret_key: SecretStr | None = Field(
         default=None,

@@ -10,6 +10,7 @@ import contextlib
 import logging
 import shutil
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from .config import Settings
 from .harness.loop import Harness
@@ -22,6 +23,10 @@ from .store.store import Store
 from .store.watch import Watcher
 from .vault.crypto import SecretBox
 from .vault.keys import KeyRing
+
+if TYPE_CHECKING:
+    from .schemas.sessions import Session
+    from .vault.broker import SessionCredentials
 
 __all__ = ["Runtime"]
 
@@ -85,12 +90,20 @@ class Runtime:
         from .service.files import blobs_for
         from .service.sandbox_files import SandboxFiles
         from .tools.web import WebTools
+        from .vault.broker import SessionCredentials
+
+        async def box() -> SecretBox:
+            return (await self.secret_keys()).box()
+
+        async def credentials(session: Session) -> SessionCredentials | None:
+            return await SessionCredentials.load(self.store, box, session)
 
         runners: list[ToolRunner] = [
             SandboxToolRunner.from_settings(
                 self.settings,
                 environments=self.store.environments.get,
                 files=SandboxFiles(self.store, blobs_for(self.settings), max_bytes=self.settings.max_file_bytes),
+                credentials=credentials,
             ),
             WebTools.from_settings(self.settings),
         ]

@@ -166,8 +166,8 @@ class _Folder:
             self.span_end(ev)
         elif kind == "session.error":
             error = ev["error"]
-            if str(error.get("type")).startswith("mcp_"):
-                pass  # an MCP server failed: the model calls are not affected
+            if str(error.get("type")).startswith(("mcp_", "repository_")):
+                pass  # an MCP server or a repository failed: the model calls are not affected
             elif error.get("retry_status", {}).get("type") != "retrying":
                 c.failures = 0
             elif str(error.get("type")).startswith("model_"):

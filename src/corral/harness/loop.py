@@ -224,8 +224,7 @@ class Harness:
             log.exception("tool %s failed in session %s", tool.name, session_id)
             await self._append(p, [_tool_result(tool, f"Tool error: {exc}", error=True)])
             return
-        if result.session_error is not None:  # the deployment failed the call (e.g. its environment recipe)
-            errors.append(SessionError(id=new_id("event"), processed_at=_now(), error=result.session_error))
+        errors += [SessionError(id=new_id("event"), processed_at=_now(), error=error) for error in result.errors]
         done = [*errors, _result_event(tool, result.content, result.is_error)]
         await p.log.append(self._chain(p, done))
         await crashpoints.reach("after_tool_result")

@@ -62,6 +62,7 @@ from corral.sandbox.provision import (
     require_python,
     resolved_mounts,
     sandbox_env,
+    trusted_files,
 )
 
 __all__ = ["GvisorSandbox", "check_gvisor", "find_runsc", "oci_config", "runsc_flags"]
@@ -229,7 +230,8 @@ class GvisorSandbox(HelperSandbox):
         try:
             cgroup = await asyncio.to_thread(cgroups.Cgroup.create, host_limits(limits))
             inside_uid = uid if uid is not None else 0
-            data = {**generated_files(inside_uid), **helper_sources()}
+            trusted = await trusted_files(egress)
+            data = {**generated_files(inside_uid), **helper_sources(), **trusted}
             # The helper under sh: PID 1 must reap orphans, which the helper does not.
             command = ["/bin/sh", "-c", '"$@"; exit $?', "sh", *helper_command(python, limits, proxy=bool(listener))]
             # RLIMIT_AS: twice the memory budget. The Sentry holds all of the sandbox's memory, so a cgroup
@@ -242,7 +244,7 @@ class GvisorSandbox(HelperSandbox):
             paths = await asyncio.to_thread(_write_bundle, bundle, data)
             config = oci_config(
                 command=command,
-                env=sandbox_env(spec, proxy=listener is not None),
+                env=sandbox_env(spec, proxy=listener is not None, ca=bool(trusted)),
                 uid=inside_uid,
                 limits=limits,
                 binds=binds,

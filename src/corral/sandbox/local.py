@@ -16,8 +16,9 @@ Networking: every sandbox keeps `--unshare-net` (its own loopback, nothing else)
 host-side proxy bound read-only at /run/corral/proxy.sock, the helper's forwarder thread listening on
 127.0.0.1:3128, and HTTP(S)_PROXY/http(s)_proxy/NO_PROXY pointing there; the proxy applies
 `spec.networking` (`unrestricted`, or `limited`: allowed_hosts, package registries, MCP servers) and never
-reaches host-local addresses. See `egress.py`. Per sandbox this costs one socket bind on the host and
-~0.3 ms in the helper.
+reaches host-local addresses. See `egress.py`. When the proxy has a CA (`tls.py`), the sandbox trusts it
+(`ca_files`, `CA_ENV`), so the proxy can terminate TLS for hosts the session has credentials for. Per
+sandbox this costs one socket bind on the host and ~0.3 ms in the helper.
 
 Binds beyond the system files come from `mounts.session_mounts(spec)` (workspace, /mnt tree, outputs,
 the recipe template, file resources): the same list any backend binds. Not done yet: a seccomp filter.
@@ -55,6 +56,7 @@ from corral.sandbox.provision import (  # shared with the gVisor backend; re-exp
     require_python,
     resolved_mounts,
     sandbox_env,
+    trusted_files,
 )
 
 __all__ = [
@@ -186,6 +188,7 @@ class BwrapSandbox(HelperSandbox):
         command = helper_command(python, limits, proxy=listener is not None)
         sockets = {SANDBOX_PROXY_SOCKET: listener.path} if listener is not None else {}
         try:
+            trusted = await trusted_files(egress)
             cgroup = await asyncio.to_thread(cgroups.Cgroup.create, limits)
         except BaseException:
             if listener is not None:
@@ -198,7 +201,9 @@ class BwrapSandbox(HelperSandbox):
                 files[dest] = _memfd(dest.rsplit("/", 1)[1], data)
             for dest, data in helper_sources().items():
                 files[dest] = _memfd(dest.rsplit("/", 1)[1], data)
-            env = sandbox_env(spec, proxy=listener is not None)
+            for dest, data in trusted.items():
+                files[dest] = _memfd(dest.rsplit("/", 1)[1], data)
+            env = sandbox_env(spec, proxy=listener is not None, ca=bool(trusted))
             argv = bwrap_argv(bwrap, limits, env, mounts, files, command, sockets=sockets)
             join_fds = cgroup.open_join_fds() if cgroup else []
 

@@ -84,7 +84,8 @@ MAX_WARM_RECIPES = 4
 
 def recipe_key(spec: SandboxSpec) -> str:
     """What makes two sandboxes interchangeable before a session's files are in them."""
-    fields = dataclasses.asdict(spec)
+    fields = dataclasses.asdict(dataclasses.replace(spec, credentials=None))
+    fields.pop("credentials")
     fields.pop("session_id")
     fields.pop("workdir")
     fields.pop("files")  # the session's own: a ready sandbox has none, they are added after adoption
@@ -170,7 +171,7 @@ class SandboxPool:
 
     def _adopt(self, spec: SandboxSpec) -> Sandbox | None:
         """A ready sandbox of this recipe, moved to the new session (None if none fits)."""
-        if not self.prewarm or spec.workdir or bound_files(spec.files):
+        if not self.prewarm or spec.workdir or bound_files(spec.files) or spec.credentials is not None:
             return None
         target = session_dir(self.root_dir, spec.session_id)
         slots = self._warm.get(recipe_key(spec), [])
@@ -198,8 +199,8 @@ class SandboxPool:
 
     def _refill(self, spec: SandboxSpec) -> None:
         """Top up the ready sandboxes of `spec`'s recipe in the background."""
-        if not self.prewarm or self._closed:
-            return
+        if not self.prewarm or self._closed or spec.credentials is not None:
+            return  # a session's credentials are its own: no sandbox is started ahead with them
         key = recipe_key(spec)
         self._warm[key] = self._warm.pop(key, [])  # most recently used last
         while len(self._warm) > MAX_WARM_RECIPES:

@@ -10,6 +10,7 @@ line (output cap, timeouts), the sandbox's own socket on the egress proxy, and t
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import zlib
@@ -21,16 +22,21 @@ from corral.sandbox.egress import FORWARDER_PORT, SANDBOX_PROXY_SOCKET, EgressLi
 from corral.sandbox.egress import proxy_env as _proxy_env
 from corral.sandbox.limits import SandboxLimits
 from corral.sandbox.mounts import DEFAULT_PATH, WORKSPACE, home_of, prepare_tree, session_mounts
+from corral.sandbox.tls import SYSTEM_CA_BUNDLES
 
 __all__ = [
+    "CA_ENV",
     "DEFAULT_PYTHON",
     "ETC_FILES",
     "GENERATED",
     "HELPER_FILES",
+    "SANDBOX_CA",
+    "SANDBOX_CA_BUNDLE",
     "SANDBOX_UID",
     "UID_BASE",
     "UID_COUNT",
     "WORKSPACE",
+    "ca_files",
     "default_host_uid",
     "generated_files",
     "helper_command",
@@ -41,6 +47,7 @@ __all__ = [
     "require_python",
     "resolved_mounts",
     "sandbox_env",
+    "trusted_files",
 ]
 
 SANDBOX_UID = 1000
@@ -63,6 +70,19 @@ ETC_FILES = (
 )
 """Host `/etc` entries bound read-only into every sandbox (when they exist); nothing else of `/etc`."""
 SCRUBBED_PREFIXES = ("ANTHROPIC_", "CORRAL_")
+SANDBOX_CA = "/etc/corral/egress-ca.pem"
+"""The egress CA's certificate alone, inside a sandbox."""
+SANDBOX_CA_BUNDLE = "/etc/corral/ca-bundle.pem"
+"""The host's trust store plus the egress CA, inside a sandbox (also bound over the system bundle)."""
+CA_ENV = {
+    "SSL_CERT_FILE": SANDBOX_CA_BUNDLE,  # OpenSSL-based clients: Python ssl, Ruby, curl built on OpenSSL
+    "REQUESTS_CA_BUNDLE": SANDBOX_CA_BUNDLE,  # requests (else certifi's own bundle)
+    "CURL_CA_BUNDLE": SANDBOX_CA_BUNDLE,
+    "GIT_SSL_CAINFO": SANDBOX_CA_BUNDLE,
+    "PIP_CERT": SANDBOX_CA_BUNDLE,
+    "NODE_EXTRA_CA_CERTS": SANDBOX_CA,  # Node keeps its built-in roots and adds these
+}
+"""Trust settings of common clients, pointed at the sandbox's bundle (see docs/sandbox.md)."""
 
 
 def generated_files(uid: int = SANDBOX_UID) -> dict[str, bytes]:
@@ -85,7 +105,24 @@ def default_host_uid(session_id: str) -> int:
     return UID_BASE + zlib.crc32(session_id.encode()) % UID_COUNT
 
 
-def sandbox_env(spec: SandboxSpec, *, proxy: bool = False) -> dict[str, str]:
+def ca_files(bundle: bytes, ca: bytes) -> dict[str, bytes]:
+    """The files that make a sandbox trust the egress CA: its own paths, and over the system bundle."""
+    files = {SANDBOX_CA: ca, SANDBOX_CA_BUNDLE: bundle}
+    for path in SYSTEM_CA_BUNDLES:
+        if path.startswith("/etc/ssl/") and os.path.isfile(path):
+            files[path] = bundle
+    return files
+
+
+async def trusted_files(egress: EgressProxy | None) -> dict[str, bytes]:
+    """`ca_files` of the proxy's CA (none when the proxy does not intercept TLS)."""
+    if egress is None or egress.ca is None:
+        return {}
+    ca = egress.ca
+    return ca_files(*await asyncio.to_thread(lambda: (ca.bundle_pem(), ca.certificate_pem)))
+
+
+def sandbox_env(spec: SandboxSpec, *, proxy: bool = False, ca: bool = False) -> dict[str, str]:
     """The sandbox's whole environment: fixed basics, proxy variables, then `spec.env` minus server keys."""
     env = {
         "PATH": DEFAULT_PATH,
@@ -98,6 +135,8 @@ def sandbox_env(spec: SandboxSpec, *, proxy: bool = False) -> dict[str, str]:
     }
     if proxy:
         env.update(_proxy_env(FORWARDER_PORT))
+    if ca:
+        env.update(CA_ENV)
     for key, value in spec.env.items():
         if not key or "=" in key or "\0" in key + value or key.startswith(SCRUBBED_PREFIXES):
             continue
@@ -135,7 +174,7 @@ async def open_egress(egress: EgressProxy | None, spec: SandboxSpec, uid: int | 
         return None
     policy = EgressPolicy.from_networking(spec.networking, spec.mcp_server_urls)
     try:
-        return await egress.open(spec.session_id, policy, uid=uid)
+        return await egress.open(spec.session_id, policy, uid=uid, broker=spec.credentials)
     except OSError as e:
         raise SandboxUnavailable(f"could not open the sandbox's egress proxy socket: {e}") from e
 
