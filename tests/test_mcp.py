@@ -19,6 +19,7 @@ from anthropic.types.beta.sessions import (
     BetaManagedAgentsAgentMCPToolUseEvent,
     BetaManagedAgentsSessionErrorEvent,
 )
+from anthropic.types.beta.vaults import BetaManagedAgentsCredentialValidation
 
 from corral.tools.mcp import MCPClient, MCPFailure, NoTokens, model_tool_name
 
@@ -30,6 +31,7 @@ from .turns import text, turn, types
 from .wire import assert_exact
 
 ALLOW = {"type": "always_allow"}
+HEADERS = {"x-api-key": API_KEY, "anthropic-beta": "managed-agents-2026-04-01"}
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +79,7 @@ def raw_events(server: ServerThread, session_id: str) -> list[dict[str, Any]]:
     response = httpx.get(
         f"{server.url}/v1/sessions/{session_id}/events",
         params={"limit": 1000},
-        headers={"x-api-key": API_KEY, "anthropic-beta": "managed-agents-2026-04-01"},
+        headers=HEADERS,
     )
     response.raise_for_status()
     return response.json()["data"]
@@ -359,3 +361,82 @@ def test_model_tool_names_are_safe_and_unique() -> None:
     assert clash != first and clash.startswith("mcp__git_hub__search_issues_") and clash not in taken
     long = model_tool_name("s" * 100, "t" * 100, set())
     assert len(long) == 128 and long.startswith("mcp__sss")
+
+
+def oauth_credential(mcp_server: MCPTestServer, url: str, access_token: str, **refresh: Any) -> dict[str, Any]:
+    auth: dict[str, Any] = {"type": "mcp_oauth", "mcp_server_url": url, "access_token": access_token}
+    if refresh:
+        auth["refresh"] = {
+            "client_id": CLIENT_ID,
+            "token_endpoint": f"{mcp_server.base}/token",
+            "token_endpoint_auth": {"type": "client_secret_basic", "client_secret": CLIENT_SECRET},
+            **refresh,
+        }
+    return auth
+
+
+def validate(server: ServerThread, vault_id: str, credential_id: str) -> dict[str, Any]:
+    response = httpx.post(
+        f"{server.url}/v1/vaults/{vault_id}/credentials/{credential_id}/mcp_oauth_validate",
+        headers={
+            "x-api-key": API_KEY,
+            "anthropic-beta": "managed-agents-2026-04-01",
+            "content-type": "application/json",
+        },
+    )
+    assert response.status_code == 200, response.text
+    assert_exact(BetaManagedAgentsCredentialValidation, response.json())
+    return response.json()
+
+
+def test_validating_an_oauth_credential_probes_the_server_and_refreshes(
+    agents: anthropic.Anthropic, mcp_server: MCPTestServer, agent_server: ServerThread
+) -> None:
+    vault = agents.beta.vaults.create(display_name="validate")
+    creds = agents.beta.vaults.credentials
+
+    good = creds.create(vault.id, auth=oauth_credential(mcp_server, mcp_server.url("v1"), mcp_server.new_token()))
+    report = validate(agent_server, vault.id, good.id)
+    assert (report["status"], report["mcp_probe"], report["refresh"]) == ("valid", None, None)
+    assert report["has_refresh_token"] is False and report["credential_id"] == good.id
+    sdk = creds.mcp_oauth_validate(good.id, vault_id=vault.id)  # the SDK's own method reaches the same route
+    assert sdk.status == "valid" and sdk.type == "vault_credential_validation"
+
+    refused = creds.create(vault.id, auth=oauth_credential(mcp_server, mcp_server.url("v2"), "stale-token"))
+    report = validate(agent_server, vault.id, refused.id)
+    assert report["status"] == "invalid" and report["refresh"] == {"status": "no_refresh_token", "http_response": None}
+    assert report["mcp_probe"]["method"] == "initialize"
+    assert report["mcp_probe"]["http_response"]["status_code"] == 401
+    assert "invalid_token" in report["mcp_probe"]["http_response"]["body"]
+
+    refresh_token = "rt-" + uuid.uuid4().hex
+    mcp_server.refresh_tokens.add(refresh_token)
+    auth = oauth_credential(mcp_server, mcp_server.url("v3"), "stale-token", refresh_token=refresh_token)
+    renewable = creds.create(vault.id, auth=auth)
+    report = validate(agent_server, vault.id, renewable.id)
+    assert report["status"] == "valid" and report["has_refresh_token"] is True
+    assert report["refresh"] == {"status": "succeeded", "http_response": None} and report["mcp_probe"] is None
+    assert mcp_server.issued[-1] not in json.dumps(report)
+    assert creds.retrieve(renewable.id, vault_id=vault.id).auth.expires_at is not None  # the new token was stored
+    assert validate(agent_server, vault.id, renewable.id)["refresh"] is None  # and is used from now on
+
+    auth = oauth_credential(mcp_server, mcp_server.url("v4"), "stale-token", refresh_token="rt-unknown")
+    auth["refresh"]["token_endpoint_auth"]["client_secret"] = "wrong"
+    broken = creds.create(vault.id, auth=auth)
+    report = validate(agent_server, vault.id, broken.id)
+    assert report["status"] == "invalid" and report["refresh"]["status"] == "failed"
+    assert report["refresh"]["http_response"]["status_code"] == 401
+    assert "invalid_client" in report["refresh"]["http_response"]["body"]
+
+    down = creds.create(vault.id, auth=oauth_credential(mcp_server, closed_port_url(), "whatever"))
+    report = validate(agent_server, vault.id, down.id)
+    assert report["status"] == "unknown" and report["mcp_probe"] == {"method": "initialize", "http_response": None}
+
+    bearer = creds.create(
+        vault.id, auth={"type": "static_bearer", "mcp_server_url": mcp_server.url("v5"), "token": "t"}
+    )
+    with pytest.raises(anthropic.BadRequestError) as error:
+        creds.mcp_oauth_validate(bearer.id, vault_id=vault.id)
+    assert "only mcp_oauth can be validated" in error.value.message
+    with pytest.raises(anthropic.NotFoundError):
+        creds.mcp_oauth_validate("vcrd_missing", vault_id=vault.id)
