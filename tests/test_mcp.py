@@ -5,6 +5,7 @@ vaults; OAuth tokens are refreshed through the server's token endpoint."""
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import uuid
 from collections.abc import Iterator
@@ -180,8 +181,13 @@ def test_mcp_tools_ask_by_default_and_run_only_when_allowed(
 
 
 def test_an_expiring_oauth_token_is_refreshed_and_stored(
-    agents: anthropic.Anthropic, fake: FakeModel, mcp_server: MCPTestServer, agent_server: ServerThread
+    agents: anthropic.Anthropic,
+    fake: FakeModel,
+    mcp_server: MCPTestServer,
+    agent_server: ServerThread,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     stale = mcp_server.new_token()
     mcp_server.tokens.discard(stale)  # the server no longer takes it
     refresh_token = "rt-" + uuid.uuid4().hex
@@ -226,6 +232,11 @@ def test_an_expiring_oauth_token_is_refreshed_and_stored(
     assert len(mcp_server.token_requests) == requests_before
     said = everything_said(agents, session.id) + everything_said(agents, again.id)
     assert stale not in said and fresh not in said and refresh_token not in said
+    # what this process logged at any level, but for the test's own SDK client (which logs its requests)
+    logged = "\n".join(r.getMessage() for r in caplog.records if not r.name.startswith("anthropic"))
+    assert "refreshed the access token of credential" in logged  # the worker's log is captured here
+    assert stale not in logged and fresh not in logged and refresh_token not in logged
+    assert CLIENT_SECRET not in logged and "Bearer" not in logged
 
 
 def test_an_expired_oauth_token_is_refreshed_before_use(
@@ -440,3 +451,25 @@ def test_validating_an_oauth_credential_probes_the_server_and_refreshes(
     assert "only mcp_oauth can be validated" in error.value.message
     with pytest.raises(anthropic.NotFoundError):
         creds.mcp_oauth_validate("vcrd_missing", vault_id=vault.id)
+
+
+def test_per_tool_configs_override_the_toolset_default(
+    agents: anthropic.Anthropic, fake: FakeModel, mcp_server: MCPTestServer
+) -> None:
+    token = mcp_server.new_token()
+    toolset = {
+        "default_config": {"enabled": False, "permission_policy": {"type": "always_ask"}},
+        "configs": [{"name": "add", "enabled": True, "permission_policy": ALLOW}, {"name": "shout", "enabled": True}],
+    }
+    credential = {"type": "static_bearer", "token": token}
+    session = setup(agents, mcp_server.url("configs"), toolset=toolset, credential=credential, name="cfg.srv")
+    fake.reply(tool_use=[("mcp__cfg_srv__add", {"a": 4, "b": 4}), ("mcp__cfg_srv__shout", {"text": "hey"})])
+    fake.respond_with(echo_results)
+    seen = turn(agents, session.id, [text("both")])
+    offered = sorted(t["name"] for t in fake.model_requests[-1].json["tools"])
+    assert offered == ["mcp__cfg_srv__add", "mcp__cfg_srv__shout"]
+    add, shout = [e for e in seen if e.type == "agent.mcp_tool_use"]
+    assert (add.mcp_server_name, add.evaluated_permission, shout.evaluated_permission) == ("cfg.srv", "allow", "ask")
+    (result,) = [e for e in seen if e.type == "agent.mcp_tool_result"]
+    assert result.mcp_tool_use_id == add.id and result.content[0].text == "8"
+    assert seen[-1].stop_reason.type == "requires_action" and seen[-1].stop_reason.event_ids == [shout.id]
