@@ -473,3 +473,39 @@ def test_per_tool_configs_override_the_toolset_default(
     (result,) = [e for e in seen if e.type == "agent.mcp_tool_result"]
     assert result.mcp_tool_use_id == add.id and result.content[0].text == "8"
     assert seen[-1].stop_reason.type == "requires_action" and seen[-1].stop_reason.event_ids == [shout.id]
+
+
+def test_tools_of_several_servers_keep_apart_and_one_failing_server_spares_the_others(
+    agents: anthropic.Anthropic, fake: FakeModel, mcp_server: MCPTestServer
+) -> None:
+    first, second = mcp_server.new_token(), mcp_server.new_token()
+    paths = {"alpha": f"a{uuid.uuid4().hex[:8]}", "beta": f"b{uuid.uuid4().hex[:8]}"}
+    urls = {"alpha": mcp_server.url(paths["alpha"]), "beta": mcp_server.url(paths["beta"]), "gone": closed_port_url()}
+    agent = agents.beta.agents.create(
+        name="several",
+        model="claude-sonnet-4-6",
+        mcp_servers=[{"type": "url", "name": n, "url": u} for n, u in urls.items()],
+        tools=[
+            {"type": "mcp_toolset", "mcp_server_name": n, "default_config": {"permission_policy": ALLOW}} for n in urls
+        ],
+    )
+    vault = agents.beta.vaults.create(display_name="two servers")
+    for url, token in ((urls["alpha"], first), (urls["beta"] + "/", second)):  # a trailing / still matches
+        agents.beta.vaults.credentials.create(
+            vault.id, auth={"type": "static_bearer", "mcp_server_url": url, "token": token}
+        )
+    env = agents.beta.environments.create(name=f"env-{uuid.uuid4().hex[:10]}")
+    session = agents.beta.sessions.create(agent=agent.id, environment_id=env.id, vault_ids=[vault.id])
+    fake.reply(tool_use=[("mcp__alpha__add", {"a": 1, "b": 1}), ("mcp__beta__add", {"a": 2, "b": 2})])
+    fake.respond_with(echo_results)
+    seen = turn(agents, session.id, [text("add on both")])
+    errors = [(e.error.type, e.error.mcp_server_name) for e in seen if e.type == "session.error"]
+    assert errors == [("mcp_connection_failed_error", "gone")]
+    offered = {t["name"] for t in fake.model_requests[-2].json["tools"]}
+    assert {"mcp__alpha__add", "mcp__beta__add"} <= offered and not any("gone" in n for n in offered)
+    uses = [(e.mcp_server_name, e.name) for e in seen if e.type == "agent.mcp_tool_use"]
+    assert uses == [("alpha", "add"), ("beta", "add")]
+    assert [e.content[0].text for e in seen if e.type == "agent.mcp_tool_result"] == ["2", "4"]
+    assert set(mcp_server.seen_at(paths["alpha"])) == {f"Bearer {first}"}
+    assert set(mcp_server.seen_at(paths["beta"])) == {f"Bearer {second}"}
+    assert seen[-1].stop_reason.type == "end_turn"
