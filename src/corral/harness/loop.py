@@ -206,7 +206,7 @@ class Harness:
         try:
             if tool.kind == "mcp" and self.mcp is not None:
                 call = self.mcp.call(p.session, tool.mcp_server or "", tool.mcp_tool or "", tool.input)
-                result, errors = await p.watcher.guard(call)  # type: ignore[assignment]
+                result, errors = await p.watcher.guard(call)
             else:
                 run = self.tools.run(p.session, tool.name, tool.input)
                 result = await p.watcher.guard(run, lambda: self.tools.interrupt(session_id))

@@ -18,13 +18,13 @@ import json
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 import anyio
 import httpx2
-from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
-from mcp.shared.exceptions import MCPError
+
+if TYPE_CHECKING:  # the `mcp` SDK takes seconds to import: loaded on the first MCP request
+    from mcp import Client
 
 from ..sandbox.base import ToolResult
 
@@ -148,6 +148,8 @@ class MCPClient:
 
     async def call_tool(self, url: str, tokens: TokenSource, name: str, arguments: dict[str, Any]) -> ToolResult:
         async def op(client: Client) -> ToolResult:
+            from mcp.shared.exceptions import MCPError
+
             try:
                 result = await client.call_tool(name, arguments)
             except MCPError as exc:  # a JSON-RPC error (unknown tool, bad arguments): the model should see it
@@ -195,6 +197,9 @@ class MCPClient:
         trace: _Trace,
     ) -> T:
         statuses = trace.statuses
+
+        from mcp import Client
+        from mcp.client.streamable_http import streamable_http_client
 
         async def seen(response: httpx2.Response) -> None:
             statuses.append(response.status_code)
@@ -246,6 +251,8 @@ def _refused_message(token: str | None) -> str:
 
 
 def _describe(exc: BaseException, statuses: list[int]) -> str:
+    from mcp.shared.exceptions import MCPError
+
     errors = [e for e in _leaves(exc) if not isinstance(e, anyio.get_cancelled_exc_class())] or [exc]
     first = errors[0]
     failed = [s for s in statuses if s >= 400]
