@@ -5,6 +5,7 @@ vaults; OAuth tokens are refreshed through the server's token endpoint."""
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import uuid
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from anthropic.types.beta.sessions import (
     BetaManagedAgentsAgentMCPToolUseEvent,
     BetaManagedAgentsSessionErrorEvent,
 )
+from anthropic.types.beta.vaults import BetaManagedAgentsCredentialValidation
 
 from corral.tools.mcp import MCPClient, MCPFailure, NoTokens, model_tool_name
 
@@ -30,6 +32,7 @@ from .turns import text, turn, types
 from .wire import assert_exact
 
 ALLOW = {"type": "always_allow"}
+HEADERS = {"x-api-key": API_KEY, "anthropic-beta": "managed-agents-2026-04-01"}
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +80,7 @@ def raw_events(server: ServerThread, session_id: str) -> list[dict[str, Any]]:
     response = httpx.get(
         f"{server.url}/v1/sessions/{session_id}/events",
         params={"limit": 1000},
-        headers={"x-api-key": API_KEY, "anthropic-beta": "managed-agents-2026-04-01"},
+        headers=HEADERS,
     )
     response.raise_for_status()
     return response.json()["data"]
@@ -178,8 +181,13 @@ def test_mcp_tools_ask_by_default_and_run_only_when_allowed(
 
 
 def test_an_expiring_oauth_token_is_refreshed_and_stored(
-    agents: anthropic.Anthropic, fake: FakeModel, mcp_server: MCPTestServer, agent_server: ServerThread
+    agents: anthropic.Anthropic,
+    fake: FakeModel,
+    mcp_server: MCPTestServer,
+    agent_server: ServerThread,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     stale = mcp_server.new_token()
     mcp_server.tokens.discard(stale)  # the server no longer takes it
     refresh_token = "rt-" + uuid.uuid4().hex
@@ -224,6 +232,11 @@ def test_an_expiring_oauth_token_is_refreshed_and_stored(
     assert len(mcp_server.token_requests) == requests_before
     said = everything_said(agents, session.id) + everything_said(agents, again.id)
     assert stale not in said and fresh not in said and refresh_token not in said
+    # what this process logged at any level, but for the test's own SDK client (which logs its requests)
+    logged = "\n".join(r.getMessage() for r in caplog.records if not r.name.startswith("anthropic"))
+    assert "refreshed the access token of credential" in logged  # the worker's log is captured here
+    assert stale not in logged and fresh not in logged and refresh_token not in logged
+    assert CLIENT_SECRET not in logged and "Bearer" not in logged
 
 
 def test_an_expired_oauth_token_is_refreshed_before_use(
@@ -359,3 +372,140 @@ def test_model_tool_names_are_safe_and_unique() -> None:
     assert clash != first and clash.startswith("mcp__git_hub__search_issues_") and clash not in taken
     long = model_tool_name("s" * 100, "t" * 100, set())
     assert len(long) == 128 and long.startswith("mcp__sss")
+
+
+def oauth_credential(mcp_server: MCPTestServer, url: str, access_token: str, **refresh: Any) -> dict[str, Any]:
+    auth: dict[str, Any] = {"type": "mcp_oauth", "mcp_server_url": url, "access_token": access_token}
+    if refresh:
+        auth["refresh"] = {
+            "client_id": CLIENT_ID,
+            "token_endpoint": f"{mcp_server.base}/token",
+            "token_endpoint_auth": {"type": "client_secret_basic", "client_secret": CLIENT_SECRET},
+            **refresh,
+        }
+    return auth
+
+
+def validate(server: ServerThread, vault_id: str, credential_id: str) -> dict[str, Any]:
+    response = httpx.post(
+        f"{server.url}/v1/vaults/{vault_id}/credentials/{credential_id}/mcp_oauth_validate",
+        headers={
+            "x-api-key": API_KEY,
+            "anthropic-beta": "managed-agents-2026-04-01",
+            "content-type": "application/json",
+        },
+    )
+    assert response.status_code == 200, response.text
+    assert_exact(BetaManagedAgentsCredentialValidation, response.json())
+    return response.json()
+
+
+def test_validating_an_oauth_credential_probes_the_server_and_refreshes(
+    agents: anthropic.Anthropic, mcp_server: MCPTestServer, agent_server: ServerThread
+) -> None:
+    vault = agents.beta.vaults.create(display_name="validate")
+    creds = agents.beta.vaults.credentials
+
+    good = creds.create(vault.id, auth=oauth_credential(mcp_server, mcp_server.url("v1"), mcp_server.new_token()))
+    report = validate(agent_server, vault.id, good.id)
+    assert (report["status"], report["mcp_probe"], report["refresh"]) == ("valid", None, None)
+    assert report["has_refresh_token"] is False and report["credential_id"] == good.id
+    sdk = creds.mcp_oauth_validate(good.id, vault_id=vault.id)  # the SDK's own method reaches the same route
+    assert sdk.status == "valid" and sdk.type == "vault_credential_validation"
+
+    refused = creds.create(vault.id, auth=oauth_credential(mcp_server, mcp_server.url("v2"), "stale-token"))
+    report = validate(agent_server, vault.id, refused.id)
+    assert report["status"] == "invalid" and report["refresh"] == {"status": "no_refresh_token", "http_response": None}
+    assert report["mcp_probe"]["method"] == "initialize"
+    assert report["mcp_probe"]["http_response"]["status_code"] == 401
+    assert "invalid_token" in report["mcp_probe"]["http_response"]["body"]
+
+    refresh_token = "rt-" + uuid.uuid4().hex
+    mcp_server.refresh_tokens.add(refresh_token)
+    auth = oauth_credential(mcp_server, mcp_server.url("v3"), "stale-token", refresh_token=refresh_token)
+    renewable = creds.create(vault.id, auth=auth)
+    report = validate(agent_server, vault.id, renewable.id)
+    assert report["status"] == "valid" and report["has_refresh_token"] is True
+    assert report["refresh"] == {"status": "succeeded", "http_response": None} and report["mcp_probe"] is None
+    assert mcp_server.issued[-1] not in json.dumps(report)
+    assert creds.retrieve(renewable.id, vault_id=vault.id).auth.expires_at is not None  # the new token was stored
+    assert validate(agent_server, vault.id, renewable.id)["refresh"] is None  # and is used from now on
+
+    auth = oauth_credential(mcp_server, mcp_server.url("v4"), "stale-token", refresh_token="rt-unknown")
+    auth["refresh"]["token_endpoint_auth"]["client_secret"] = "wrong"
+    broken = creds.create(vault.id, auth=auth)
+    report = validate(agent_server, vault.id, broken.id)
+    assert report["status"] == "invalid" and report["refresh"]["status"] == "failed"
+    assert report["refresh"]["http_response"]["status_code"] == 401
+    assert "invalid_client" in report["refresh"]["http_response"]["body"]
+
+    down = creds.create(vault.id, auth=oauth_credential(mcp_server, closed_port_url(), "whatever"))
+    report = validate(agent_server, vault.id, down.id)
+    assert report["status"] == "unknown" and report["mcp_probe"] == {"method": "initialize", "http_response": None}
+
+    bearer = creds.create(
+        vault.id, auth={"type": "static_bearer", "mcp_server_url": mcp_server.url("v5"), "token": "t"}
+    )
+    with pytest.raises(anthropic.BadRequestError) as error:
+        creds.mcp_oauth_validate(bearer.id, vault_id=vault.id)
+    assert "only mcp_oauth can be validated" in error.value.message
+    with pytest.raises(anthropic.NotFoundError):
+        creds.mcp_oauth_validate("vcrd_missing", vault_id=vault.id)
+
+
+def test_per_tool_configs_override_the_toolset_default(
+    agents: anthropic.Anthropic, fake: FakeModel, mcp_server: MCPTestServer
+) -> None:
+    token = mcp_server.new_token()
+    toolset = {
+        "default_config": {"enabled": False, "permission_policy": {"type": "always_ask"}},
+        "configs": [{"name": "add", "enabled": True, "permission_policy": ALLOW}, {"name": "shout", "enabled": True}],
+    }
+    credential = {"type": "static_bearer", "token": token}
+    session = setup(agents, mcp_server.url("configs"), toolset=toolset, credential=credential, name="cfg.srv")
+    fake.reply(tool_use=[("mcp__cfg_srv__add", {"a": 4, "b": 4}), ("mcp__cfg_srv__shout", {"text": "hey"})])
+    fake.respond_with(echo_results)
+    seen = turn(agents, session.id, [text("both")])
+    offered = sorted(t["name"] for t in fake.model_requests[-1].json["tools"])
+    assert offered == ["mcp__cfg_srv__add", "mcp__cfg_srv__shout"]
+    add, shout = [e for e in seen if e.type == "agent.mcp_tool_use"]
+    assert (add.mcp_server_name, add.evaluated_permission, shout.evaluated_permission) == ("cfg.srv", "allow", "ask")
+    (result,) = [e for e in seen if e.type == "agent.mcp_tool_result"]
+    assert result.mcp_tool_use_id == add.id and result.content[0].text == "8"
+    assert seen[-1].stop_reason.type == "requires_action" and seen[-1].stop_reason.event_ids == [shout.id]
+
+
+def test_tools_of_several_servers_keep_apart_and_one_failing_server_spares_the_others(
+    agents: anthropic.Anthropic, fake: FakeModel, mcp_server: MCPTestServer
+) -> None:
+    first, second = mcp_server.new_token(), mcp_server.new_token()
+    paths = {"alpha": f"a{uuid.uuid4().hex[:8]}", "beta": f"b{uuid.uuid4().hex[:8]}"}
+    urls = {"alpha": mcp_server.url(paths["alpha"]), "beta": mcp_server.url(paths["beta"]), "gone": closed_port_url()}
+    agent = agents.beta.agents.create(
+        name="several",
+        model="claude-sonnet-4-6",
+        mcp_servers=[{"type": "url", "name": n, "url": u} for n, u in urls.items()],
+        tools=[
+            {"type": "mcp_toolset", "mcp_server_name": n, "default_config": {"permission_policy": ALLOW}} for n in urls
+        ],
+    )
+    vault = agents.beta.vaults.create(display_name="two servers")
+    for url, token in ((urls["alpha"], first), (urls["beta"] + "/", second)):  # a trailing / still matches
+        agents.beta.vaults.credentials.create(
+            vault.id, auth={"type": "static_bearer", "mcp_server_url": url, "token": token}
+        )
+    env = agents.beta.environments.create(name=f"env-{uuid.uuid4().hex[:10]}")
+    session = agents.beta.sessions.create(agent=agent.id, environment_id=env.id, vault_ids=[vault.id])
+    fake.reply(tool_use=[("mcp__alpha__add", {"a": 1, "b": 1}), ("mcp__beta__add", {"a": 2, "b": 2})])
+    fake.respond_with(echo_results)
+    seen = turn(agents, session.id, [text("add on both")])
+    errors = [(e.error.type, e.error.mcp_server_name) for e in seen if e.type == "session.error"]
+    assert errors == [("mcp_connection_failed_error", "gone")]
+    offered = {t["name"] for t in fake.model_requests[-2].json["tools"]}
+    assert {"mcp__alpha__add", "mcp__beta__add"} <= offered and not any("gone" in n for n in offered)
+    uses = [(e.mcp_server_name, e.name) for e in seen if e.type == "agent.mcp_tool_use"]
+    assert uses == [("alpha", "add"), ("beta", "add")]
+    assert [e.content[0].text for e in seen if e.type == "agent.mcp_tool_result"] == ["2", "4"]
+    assert set(mcp_server.seen_at(paths["alpha"])) == {f"Bearer {first}"}
+    assert set(mcp_server.seen_at(paths["beta"])) == {f"Bearer {second}"}
+    assert seen[-1].stop_reason.type == "end_turn"

@@ -10,12 +10,11 @@ that began but has no result is answered with an error saying so, never run a se
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from ..config import Settings
 from ..ids import new_id
@@ -45,6 +44,7 @@ from ..store.store import Store
 from . import crashpoints
 from .compaction import Compactor
 from .context import Conversation, ToolUse, input_key, run_key
+from .interrupts import Interrupted, InterruptWatcher
 from .mcp import MCPOffer, MCPToolsets
 from .policies import decide, enabled_agent_tools, model_tools
 from .runlog import RunLog
@@ -53,7 +53,6 @@ from .tools import ToolRunner
 __all__ = ["Harness", "Interrupted"]
 
 log = logging.getLogger("corral.harness")
-T = TypeVar("T")
 
 _ERROR_KINDS = {
     "overloaded": "model_overloaded_error",
@@ -73,10 +72,6 @@ class _ResponseIds:
     message: str
 
 
-class Interrupted(Exception):
-    """A `user.interrupt` arrived while an operation was in flight."""
-
-
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -89,7 +84,7 @@ class _Pass:
     convo: Conversation
     head: int
     log: RunLog
-    watcher: _InterruptWatcher
+    watcher: InterruptWatcher
 
 
 class Harness:
@@ -114,7 +109,7 @@ class Harness:
         """Advance the session until it waits for input. Call only while holding its lease."""
         # The first pass tells the watcher where the log stands (`watcher.seen`).
         with self.store.hub.follow(session_id, 0) as channel:
-            watcher = _InterruptWatcher(self.store, session_id, channel, 0)
+            watcher = InterruptWatcher(self.store, session_id, channel, 0)
             runlog = RunLog(self.store, session_id, owner)
             try:
                 while await self._step(runlog, watcher):
@@ -124,11 +119,11 @@ class Harness:
                 if self.mcp is not None:
                     self.mcp.forget(session_id)
 
-    async def _load(self, runlog: RunLog, watcher: _InterruptWatcher) -> _Pass:
+    async def _load(self, runlog: RunLog, watcher: InterruptWatcher) -> _Pass:
         session = await runlog.refresh(watcher.channel.head)  # the row and the log agree
         return _Pass(session, runlog.fold(), runlog.head, runlog, watcher)
 
-    async def _step(self, runlog: RunLog, watcher: _InterruptWatcher) -> bool:
+    async def _step(self, runlog: RunLog, watcher: InterruptWatcher) -> bool:
         """Take one action; False when the session is waiting (or cannot go on)."""
         p = await self._load(runlog, watcher)
         convo, session = p.convo, p.session
@@ -213,7 +208,7 @@ class Harness:
         try:
             if tool.kind == "mcp" and self.mcp is not None:
                 call = self.mcp.call(p.session, tool.mcp_server or "", tool.mcp_tool or "", tool.input)
-                result, errors = await p.watcher.guard(call)  # type: ignore[assignment]
+                result, errors = await p.watcher.guard(call)
             else:
                 run = self.tools.run(p.session, tool.name, tool.input)
                 result = await p.watcher.guard(run, lambda: self.tools.interrupt(session_id))
@@ -520,54 +515,3 @@ def _result_event(tool: ToolUse, content: list[dict[str, Any]], is_error: bool) 
     return AgentToolResult(
         id=new_id("event"), processed_at=_now(), tool_use_id=tool.event_id, content=content, is_error=is_error
     )
-
-
-class _InterruptWatcher:
-    """Watches the session's log for `user.interrupt` while an operation runs, and cancels it."""
-
-    def __init__(self, store: Store, session_id: str, channel: Any, head: int) -> None:
-        self.store = store
-        self.session_id = session_id
-        self.channel = channel
-        self.checked = head
-
-    def seen(self, head: int) -> None:
-        self.checked = max(self.checked, head)
-
-    async def _interrupt_arrives(self) -> None:
-        from ..store.hub import EventHub
-
-        while True:
-            await EventHub.wait(self.channel, self.checked, 3600)
-            if self.channel.closed:
-                return
-            batch = EventHub.since(self.channel, self.checked)
-            if batch is None:
-                batch = await self.store.events.read(self.session_id, after=self.checked)
-            if batch:
-                self.checked = batch[-1].seq
-                if any(e.type == "user.interrupt" for e in batch):
-                    return
-
-    async def guard(self, operation: Awaitable[T], on_interrupt: Callable[[], Awaitable[None]] | None = None) -> T:
-        """Run `operation`; raise `Interrupted` (after stopping it) if an interrupt arrives first."""
-        op = asyncio.ensure_future(operation)
-        stop = asyncio.ensure_future(self._interrupt_arrives())
-        try:
-            done, _ = await asyncio.wait({op, stop}, return_when=asyncio.FIRST_COMPLETED)
-        except BaseException:
-            op.cancel()
-            stop.cancel()
-            raise
-        if op in done:
-            stop.cancel()
-            return op.result()
-        if on_interrupt is not None:
-            await on_interrupt()
-        op.cancel()
-        with contextlib.suppress(BaseException):  # how the cancelled operation ended no longer matters
-            await op
-        raise Interrupted()
-
-    def close(self) -> None:
-        return None

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..ids import new_id
 from ..sandbox.base import ToolResult
-from ..schemas.events import SessionError, error_object
+from ..schemas.events import Event, SessionError, error_object
 from ..schemas.sessions import Session, SessionAgent
 from ..schemas.tools import MCPToolset
 from ..tools.mcp import MCPClient, MCPFailure, MCPToolInfo, TokenSource, model_tool_name
@@ -105,7 +105,7 @@ class MCPToolsets:
 
     async def call(
         self, session: Session, server: str, tool: str, arguments: dict[str, Any]
-    ) -> tuple[ToolResult, list[SessionError]]:
+    ) -> tuple[ToolResult, list[Event]]:
         """Run one tool: its result, plus a `session.error` if the server failed (the result then says why)."""
         url = next((s.url for s in session.agent.mcp_servers if s.name == server), None)
         if url is None:

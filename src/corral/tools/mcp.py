@@ -17,21 +17,22 @@ import hashlib
 import json
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, Literal, Protocol, TypeVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 import anyio
 import httpx2
-from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
-from mcp.shared.exceptions import MCPError
+
+if TYPE_CHECKING:  # the `mcp` SDK takes seconds to import: loaded on the first MCP request
+    from mcp import Client
 
 from ..sandbox.base import ToolResult
 
-__all__ = ["MCPClient", "MCPFailure", "MCPToolInfo", "NoTokens", "TokenSource", "model_tool_name"]
+__all__ = ["MCPClient", "MCPFailure", "MCPToolInfo", "NoTokens", "Probe", "TokenSource", "model_tool_name"]
 
 T = TypeVar("T")
 MAX_NAME = 128
+MAX_BODY = 4096
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 _IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
 
@@ -85,6 +86,31 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     return [exc]
 
 
+@dataclass
+class _Trace:
+    """What one MCP session saw: HTTP statuses, the last error response, how far it got."""
+
+    statuses: list[int] = field(default_factory=list)
+    error: dict[str, Any] | None = None
+    connected: bool = False
+    """The initialize handshake succeeded."""
+
+    @property
+    def method(self) -> str:
+        """The MCP method of a probe under way."""
+        return "tools/list" if self.connected else "initialize"
+
+
+@dataclass(frozen=True)
+class Probe:
+    """How a probe went: `ok`, `refused` (401/403) or `failed`; the failing MCP method and HTTP response."""
+
+    outcome: Literal["ok", "refused", "failed"]
+    method: str
+    http_response: dict[str, Any] | None
+    message: str = ""
+
+
 class _TimedOut(Exception):
     """The request itself (not the connection) ran past its time."""
 
@@ -122,6 +148,8 @@ class MCPClient:
 
     async def call_tool(self, url: str, tokens: TokenSource, name: str, arguments: dict[str, Any]) -> ToolResult:
         async def op(client: Client) -> ToolResult:
+            from mcp.shared.exceptions import MCPError
+
             try:
                 result = await client.call_tool(name, arguments)
             except MCPError as exc:  # a JSON-RPC error (unknown tool, bad arguments): the model should see it
@@ -132,29 +160,29 @@ class MCPClient:
 
         return await self._authorized(url, tokens, op, self.tool_timeout)
 
-    async def probe(self, url: str, token: str | None) -> tuple[int | None, str]:
-        """Connect and list tools with `token`: (last HTTP status, error message or "")."""
-        statuses: list[int] = []
+    async def probe(self, url: str, token: str | None) -> Probe:
+        """Connect and list tools with `token`, once, and say how it went."""
+        trace = _Trace()
         try:
-            await self._session(url, token, lambda c: c.list_tools(), self.timeout, statuses)
-        except _Refused as exc:
-            return exc.status, "the server refused the credentials"
+            await self._session(url, token, lambda c: c.list_tools(), self.timeout, trace)
+        except _Refused:
+            return Probe("refused", trace.method, trace.error)
         except MCPFailure as exc:
-            return (statuses[-1] if statuses else None), exc.message
-        return (statuses[-1] if statuses else None), ""
+            return Probe("failed", trace.method, trace.error, exc.message)
+        return Probe("ok", trace.method, None)
 
     async def _authorized(
         self, url: str, tokens: TokenSource, op: Callable[[Client], Awaitable[T]], timeout: float
     ) -> T:
         token = await tokens.token(url)
         try:
-            return await self._session(url, token, op, timeout, [])
+            return await self._session(url, token, op, timeout, _Trace())
         except _Refused:
             fresh = await tokens.token(url, refresh=True)
             if fresh is None or fresh == token:
                 raise MCPFailure("authentication", _refused_message(token)) from None
         try:
-            return await self._session(url, fresh, op, timeout, [])
+            return await self._session(url, fresh, op, timeout, _Trace())
         except _Refused as exc:
             raise MCPFailure(
                 "authentication", f"the MCP server refused the refreshed credentials (HTTP {exc.status})"
@@ -166,10 +194,23 @@ class MCPClient:
         token: str | None,
         op: Callable[[Client], Awaitable[T]],
         timeout: float,
-        statuses: list[int],
+        trace: _Trace,
     ) -> T:
+        statuses = trace.statuses
+
+        from mcp import Client
+        from mcp.client.streamable_http import streamable_http_client
+
         async def seen(response: httpx2.Response) -> None:
             statuses.append(response.status_code)
+            if response.status_code >= 400:
+                body = (await response.aread()).decode("utf-8", "replace")
+                trace.error = {
+                    "status_code": response.status_code,
+                    "content_type": response.headers.get("content-type", ""),
+                    "body": body[:MAX_BODY],
+                    "body_truncated": len(body) > MAX_BODY,
+                }
 
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         http = httpx2.AsyncClient(
@@ -179,6 +220,7 @@ class MCPClient:
         )
 
         async def timed(client: Client) -> T:
+            trace.connected = True
             try:
                 with anyio.fail_after(timeout):
                     return await op(client)
@@ -209,6 +251,8 @@ def _refused_message(token: str | None) -> str:
 
 
 def _describe(exc: BaseException, statuses: list[int]) -> str:
+    from mcp.shared.exceptions import MCPError
+
     errors = [e for e in _leaves(exc) if not isinstance(e, anyio.get_cancelled_exc_class())] or [exc]
     first = errors[0]
     failed = [s for s in statuses if s >= 400]
