@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -207,3 +208,45 @@ async def test_unreachable_workdir_is_a_clear_error(tmp_path: Path) -> None:
     # pytest's tmp_path lives under a 0700 directory the sandbox uid cannot traverse
     with pytest.raises(SandboxUnavailable, match="not searchable"):
         await BwrapSandbox.start(SandboxSpec("hidden", str(tmp_path / "workspace")))
+
+
+ROOTLESS_PROBE = """
+import asyncio, sys
+from corral.sandbox.base import SandboxSpec
+from corral.sandbox.gvisor import GvisorSandbox, check_gvisor
+
+async def main():
+    assert check_gvisor().ok
+    sandbox = await GvisorSandbox.start(SandboxSpec("rootless", sys.argv[1]))
+    try:
+        result = await sandbox.execute("bash", {"command": "id -u; echo hi > f; cat /etc/shadow; ls /root"})
+        print(result.content[0]["text"])
+    finally:
+        await sandbox.close()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to an unprivileged uid for the check")
+def test_gvisor_runs_rootless_for_a_server_that_is_not_root(sandbox_root: Path) -> None:
+    """A server that is not root gets `runsc --rootless`: the same isolation, files owned by its own uid."""
+    home = sandbox_root / "rootless"
+    home.mkdir(mode=0o777)
+    home.chmod(0o777)
+    src = Path(__file__).resolve().parents[2] / "src"
+    result = subprocess.run(
+        ["/usr/bin/python3", "-c", ROOTLESS_PROBE, str(home / "workspace")],
+        env={"PATH": os.environ["PATH"], "PYTHONPATH": str(src), "TMPDIR": str(home), "HOME": str(home)},
+        user=65534,
+        group=65534,
+        extra_groups=[],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "0" and "/etc/shadow: No such file" in result.stdout and "/root" in result.stdout
+    assert (home / "workspace" / "f").stat().st_uid == 65534
