@@ -127,11 +127,12 @@ def test_an_updated_secret_applies_to_the_next_request_and_an_archived_one_is_no
 ) -> None:
     first, second = f"one-{uuid.uuid4().hex}", f"two-{uuid.uuid4().hex}"
     vault = egress_client.beta.vaults.create(display_name="rotating")
-    credential = env_credential(egress_client, vault.id, "ROTATED", first, ["127.0.0.2"])
+    # a name the sandbox never gets from the server: a credential's placeholder may still use it
+    credential = env_credential(egress_client, vault.id, "ANTHROPIC_API_KEY", first, ["127.0.0.2"])
     session = make_session(egress_client, [vault.id])
     url = f"https://{ALLOWED}:{https_echo.ports[ALLOWED]}"
     mark = uuid.uuid4().hex[:8]
-    get = 'curl -sS -o /dev/null -H "X-Key: $ROTATED" ' + url
+    get = 'curl -sS -o /dev/null -H "X-Key: $ANTHROPIC_API_KEY" ' + url
     bash(egress_client, fake, session.id, f"{get}/r1-{mark}")
     assert sent(https_echo, f"r1-{mark}")["headers"]["x-key"] == first
     egress_client.beta.vaults.credentials.update(
@@ -140,7 +141,7 @@ def test_an_updated_secret_applies_to_the_next_request_and_an_archived_one_is_no
     bash(egress_client, fake, session.id, f"{get}/r2-{mark}")
     assert sent(https_echo, f"r2-{mark}")["headers"]["x-key"] == second
     egress_client.beta.vaults.credentials.archive(credential.id, vault_id=vault.id)
-    bash(egress_client, fake, session.id, f'curl -sSk -o /dev/null -H "X-Key: $ROTATED" {url}/r3-{mark}')
+    bash(egress_client, fake, session.id, f'curl -sSk -o /dev/null -H "X-Key: $ANTHROPIC_API_KEY" {url}/r3-{mark}')
     assert sent(https_echo, f"r3-{mark}")["headers"]["x-key"].startswith("corral_placeholder_")
 
 

@@ -18,7 +18,11 @@ from typing import Protocol
 from corral.sandbox.egress import _pattern as pattern
 from corral.sandbox.egress import host_matches, normalize_host
 
-__all__ = ["CredentialBroker", "EgressCredentials", "HeaderInjection", "Substitution"]
+__all__ = ["PLACEHOLDER_PREFIX", "CredentialBroker", "EgressCredentials", "HeaderInjection", "Substitution"]
+
+PLACEHOLDER_PREFIX = "corral_placeholder_"
+"""How every placeholder value starts. Variables holding one are set in a sandbox whatever their name
+(even `ANTHROPIC_API_KEY`, which the sandbox otherwise never gets: see `local.sandbox_env`)."""
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from corral.sandbox.base import Mount, SandboxSpec, SandboxUnavailable
 from corral.sandbox.channel import HELPER_PATH
+from corral.sandbox.credentials import PLACEHOLDER_PREFIX
 from corral.sandbox.egress import FORWARDER_PORT, SANDBOX_PROXY_SOCKET, EgressListener, EgressPolicy, EgressProxy
 from corral.sandbox.egress import proxy_env as _proxy_env
 from corral.sandbox.limits import SandboxLimits
@@ -138,8 +139,10 @@ def sandbox_env(spec: SandboxSpec, *, proxy: bool = False, ca: bool = False) -> 
     if ca:
         env.update(CA_ENV)
     for key, value in spec.env.items():
-        if not key or "=" in key or "\0" in key + value or key.startswith(SCRUBBED_PREFIXES):
+        if not key or "=" in key or "\0" in key + value:
             continue
+        if key.startswith(SCRUBBED_PREFIXES) and not value.startswith(PLACEHOLDER_PREFIX):
+            continue  # a server variable never; a credential's placeholder under any name
         env[key] = value
     return env
 

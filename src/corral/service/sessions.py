@@ -68,14 +68,15 @@ async def create_session(store: Store, params: SessionCreate, box: BoxSource | N
             f"environment {environment.id} is archived and cannot start sessions", code="environment_archived"
         )
     vault_ids = await check_session_vaults(store, params.vault_ids or [])
-    session_id = new_id("session")
-    resources = await resources_at_create(store, params.resources or [], session_id, box)
     now = datetime.now(UTC)
     initial: list[Event] = []
     for event in params.initial_events or []:
         if event.type == "user.define_outcome":
             raise InvalidRequest("user.define_outcome (outcomes) is not supported yet")
         initial.append(persist_params(event, new_id("event"), now))
+    session_id = new_id("session")
+    # last of the checks: it stores the repository tokens, which must not outlive a refused create
+    resources = await resources_at_create(store, params.resources or [], session_id, box)
     session = Session(
         id=session_id,
         title=params.title,
@@ -89,7 +90,13 @@ async def create_session(store: Store, params: SessionCreate, box: BoxSource | N
         created_at=now,
         updated_at=now,
     )
-    return await store.sessions.create(session, initial)
+    try:
+        return await store.sessions.create(session, initial)
+    except BaseException:
+        for resource in resources:
+            if resource.get("type") == "github_repository":
+                await store.session_resources.drop_secret(resource["id"])
+        raise
 
 
 async def update_session(store: Store, session_id: str, params: SessionUpdate) -> Session:

@@ -25,7 +25,7 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..sandbox.credentials import EgressCredentials, HeaderInjection, Substitution
+from ..sandbox.credentials import PLACEHOLDER_PREFIX, EgressCredentials, HeaderInjection, Substitution
 from ..schemas.vaults import EnvironmentVariableAuth, LimitedCredentialNetworking
 from ..store.store import Store
 from .crypto import SecretBox, UndecryptableSecret
@@ -40,7 +40,7 @@ BoxSource = Callable[[], Awaitable[SecretBox]]
 
 def placeholder_for(box: SecretBox, session_id: str, credential_id: str) -> str:
     digest = hmac.new(box.keys[0], f"corral-placeholder\0{session_id}\0{credential_id}".encode(), hashlib.sha256)
-    return "corral_placeholder_" + digest.hexdigest()[:40]
+    return PLACEHOLDER_PREFIX + digest.hexdigest()[:40]
 
 
 def repository_injection(url: str, token: str) -> HeaderInjection | None:
