@@ -39,6 +39,7 @@ import signal
 import subprocess
 import tempfile
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,14 +121,14 @@ def oci_config(
     workdir: str | None,
     files: dict[str, str],
     sockets: dict[str, str] | None = None,
-    rlimits: list[tuple[int, int]] = (),  # type: ignore[assignment]
+    rlimits: Sequence[tuple[int, int]] = (),
 ) -> dict[str, Any]:
     """The OCI runtime spec of one sandbox. `files` maps sandbox paths to host files (bound read-only),
     `sockets` sandbox paths to host Unix sockets; the root is a read-only directory holding only the
     merged-/usr links (`_write_bundle`)."""
     mounts: list[dict[str, Any]] = [
         {"destination": "/proc", "type": "proc", "source": "proc"},
-        {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"]},
+        {"destination": "/dev", "type": "tmpfs", "source": "tmpfs"},  # the Sentry's own devices
         _bind("/usr", "/usr"),
     ]
     for name in ETC_FILES:
@@ -136,7 +137,7 @@ def oci_config(
     mounts += [_bind(dest, src) for dest, src in files.items()]
     mounts += [_bind(dest, src) for dest, src in (sockets or {}).items()]
     for tmp in ("/tmp", "/dev/shm"):
-        options = ["nosuid", "nodev", "mode=1777", f"size={limits.tmp_bytes}"]
+        options = ["mode=1777", f"size={limits.tmp_bytes}"]  # gVisor ignores nosuid/nodev (nothing to gain)
         mounts.append({"destination": tmp, "type": "tmpfs", "source": "tmpfs", "options": options})
     if workdir:
         mounts.append(_bind(WORKSPACE, workdir, ro=False))
