@@ -40,6 +40,7 @@ import signal
 import subprocess
 import tempfile
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,7 +124,7 @@ def oci_config(
     binds: list[Mount],
     files: dict[str, str],
     sockets: dict[str, str] | None = None,
-    rlimits: list[tuple[int, int]] = (),  # type: ignore[assignment]
+    rlimits: Sequence[tuple[int, int]] = (),
 ) -> dict[str, Any]:
     """The OCI runtime spec of one sandbox. `binds` are the session's (`provision.resolved_mounts`: the
     workspace first; none: no workspace), `files` maps sandbox paths to host files (bound read-only),
@@ -131,7 +132,7 @@ def oci_config(
     merged-/usr links (`_write_bundle`)."""
     mounts: list[dict[str, Any]] = [
         {"destination": "/proc", "type": "proc", "source": "proc"},
-        {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"]},
+        {"destination": "/dev", "type": "tmpfs", "source": "tmpfs"},  # the Sentry's own devices
         _bind("/usr", "/usr"),
     ]
     for name in ETC_FILES:
@@ -140,7 +141,7 @@ def oci_config(
     mounts += [_bind(dest, src) for dest, src in files.items()]
     mounts += [_bind(dest, src) for dest, src in (sockets or {}).items()]
     for tmp in ("/tmp", "/dev/shm"):
-        options = ["nosuid", "nodev", "mode=1777", f"size={limits.tmp_bytes}"]
+        options = ["mode=1777", f"size={limits.tmp_bytes}"]  # gVisor ignores nosuid/nodev (nothing to gain)
         mounts.append({"destination": tmp, "type": "tmpfs", "source": "tmpfs", "options": options})
     mounts += [_bind(m.target, m.host, ro=m.readonly) for m in binds]
     return {
