@@ -185,8 +185,9 @@ def recipe_server(
 
 
 @pytest.fixture(scope="module")
-def sdk(recipe_server: ServerThread) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=recipe_server.url, api_key=API_KEY, max_retries=0)
+def sdk(recipe_server: ServerThread) -> Iterator[anthropic.Anthropic]:
+    with anthropic.Anthropic(base_url=recipe_server.url, api_key=API_KEY, max_retries=0) as client:
+        yield client
 
 
 def pool_of(server: ServerThread) -> Any:
