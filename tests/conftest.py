@@ -164,8 +164,9 @@ def _fresh_fake_script(request: pytest.FixtureRequest) -> None:
 
 
 @pytest.fixture(scope="session")
-def client(server: ServerThread) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=server.url, api_key=API_KEY, max_retries=0)
+def client(server: ServerThread) -> Iterator[anthropic.Anthropic]:
+    with anthropic.Anthropic(base_url=server.url, api_key=API_KEY, max_retries=0) as sdk:
+        yield sdk  # closed with the server, so no pooled connection is left for the garbage collector
 
 
 @pytest.fixture

@@ -192,8 +192,9 @@ def recipe_server(
 
 
 @pytest.fixture(scope="module")
-def sdk(recipe_server: ServerThread) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=recipe_server.url, api_key=API_KEY, max_retries=0)
+def sdk(recipe_server: ServerThread) -> Iterator[anthropic.Anthropic]:
+    with anthropic.Anthropic(base_url=recipe_server.url, api_key=API_KEY, max_retries=0) as client:
+        yield client
 
 
 def pool_of(server: ServerThread) -> Any:
@@ -385,3 +386,17 @@ async def test_concurrent_provisioning_builds_a_recipe_once(sandbox_root: Path, 
     finally:
         for pool in pools:
             await pool.aclose()
+
+
+async def test_the_unsafe_backend_installs_recipes_on_the_host_path(sandbox_root: Path, index: PackageIndex) -> None:
+    root = sandbox_root / f"unsafe-{uuid.uuid4().hex[:8]}"
+    templates = Templates(root / "templates", timeout=120, pip_index_url=f"{index.url}/simple/")
+    pool = SandboxPool(root, "unsafe", egress=False, templates=templates)
+    try:
+        sandbox = await pool.get(SandboxSpec("u1", "", packages={"pip": ["corraltiny"]}))
+        assert await probe(sandbox) == "tiny-ok"
+        recipe = templates.recipe_for({"pip": ["corraltiny"]})
+        assert recipe is not None and sandbox.spec.env["PYTHONPATH"] == f"{templates.path(recipe)}/python"
+        assert templates.builds == 1 and not Path("/workspace/tmp").exists()  # scratch stayed in the build dir
+    finally:
+        await pool.aclose()

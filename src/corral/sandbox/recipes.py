@@ -118,8 +118,9 @@ class Recipe:
         return {"type": "limited", "allowed_hosts": hosts, "allow_package_managers": True}
 
     def script(self, target: str) -> str:
-        """The bash script that installs everything into `target` (run with /workspace as scratch)."""
-        lines = ["set -eu", "export TMPDIR=/workspace/tmp HOME=/workspace", 'mkdir -p "$TMPDIR"']
+        """The bash script that installs everything into `target`."""
+        # the shell starts in the build's scratch directory (/workspace, or the host path without binds)
+        lines = ["set -eu", 'export HOME="$PWD" TMPDIR="$PWD/tmp"', 'mkdir -p "$TMPDIR"']
         if self.pip:
             index = ["--index-url", self.pip_index_url] if self.pip_index_url else []
             argv = [
