@@ -296,10 +296,13 @@ def test_file_resources_are_mounted_read_only_and_follow_changes(
     one = sdk.beta.files.upload(file=("one.txt", b"first file\n", "text/plain"))
     two = sdk.beta.files.upload(file=("two.csv", b"a,b\n1,2\n", "text/csv"))
     three = sdk.beta.files.upload(file=("three.txt", b"bound elsewhere\n", "text/plain"))
-    session = new_session(sdk, resources=[{"type": "file", "file_id": one.id}])
+    inside = {"type": "file", "file_id": one.id, "mount_path": "/workspace/inputs/one.txt"}
+    session = new_session(sdk, resources=[{"type": "file", "file_id": one.id}, inside])
     path = f"/mnt/session/uploads/{one.id}"
-    seen = run_bash(sdk, fake, session.id, f"cat {path}", f"echo x > {path}; rm -f {path}; cat {path}")
-    assert results(seen)[0] == (False, "first file")
+    seen = run_bash(
+        sdk, fake, session.id, f"cat {path} /workspace/inputs/one.txt", f"echo x > {path}; rm -f {path}; cat {path}"
+    )
+    assert results(seen)[0] == (False, "first file\nfirst file")
     _, output = results(seen)[1]
     assert "Read-only file system" in output and output.endswith("first file")
 
