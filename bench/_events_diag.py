@@ -201,7 +201,8 @@ async def _per_call(n: int, call: Callable[[], Any]) -> tuple[float, float]:
 async def micro_costs(kind: str, url: str, open_store: Any, message: Any, n: int) -> list[list[Any]]:
     from sqlalchemy import text
 
-    from corral.store.events import _Pending, _write_sqlite
+    from corral.store.commit_plan import Pending
+    from corral.store.events import _write_sqlite
 
     store, (session_id,) = await open_store(url, 1)
     db = store.db
@@ -221,7 +222,7 @@ async def micro_costs(kind: str, url: str, open_store: Any, message: Any, n: int
             rows.append([kind, empty, *await _per_call(n, lambda: db.run_sqlite_write(lambda conn: None))])
 
             async def in_place() -> None:
-                pending = _Pending(session_id, [message()], None, None, None, loop.create_future())
+                pending = Pending(session_id, [message()], None, None, None, loop.create_future())
                 db._transact(lambda conn: _write_sqlite(conn, [pending], [session_id]))
 
             label = "one append's transaction (_write_sqlite), run on the loop: no hop, no queue"

@@ -1,11 +1,15 @@
-"""Sandbox latency: cold start and warm tool calls, bubblewrap vs. a plain subprocess.
+"""Sandbox latency: cold start and warm tool calls, bubblewrap and gVisor vs. a plain subprocess.
 
-Run alone: `python bench/bench_sandbox.py [--cold N] [--warm N]`. Prints one table (milliseconds).
+Run alone: `python bench/bench_sandbox.py [--quick] [--cold N] [--warm N] [--sessions N]`. Prints one table
+(milliseconds).
 "cold" = provision a sandbox and get its first ping back (what a session's first tool call pays on top
 of the call itself); "warm" = one tool call in a running sandbox; "bwrap pool" = a new session's sandbox
 through `SandboxPool.get` with all limits and the egress socket, started on demand or adopted from the
 prewarmed reserve. The baseline runs the same helper as a
-plain subprocess (`UnsafeSandbox`), so the difference is the price of isolation.
+plain subprocess (`UnsafeSandbox`), so the difference is the price of isolation. "gvisor" rows are the
+same with `CORRAL_SANDBOX=gvisor` (runsc must be installed: scripts/install-runsc). Last, the time from a
+`user.message` to the first agent event and to the first tool result, with lazy and eager provisioning
+(`_first_event.py`).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from pathlib import Path
 
 from corral.sandbox.base import SandboxSpec
 from corral.sandbox.channel import HelperSandbox
+from corral.sandbox.gvisor import GvisorSandbox, check_gvisor
 from corral.sandbox.local import BwrapSandbox, check_isolation
 from corral.sandbox.unsafe import UnsafeSandbox
 
@@ -79,7 +84,7 @@ async def bench_backend(name: str, start: Starter, root: Path, cold_n: int, warm
     return rows
 
 
-async def bench_pool(root: Path, cold_n: int) -> list[tuple]:
+async def bench_pool(root: Path, cold_n: int, backend: str = "bwrap") -> list[tuple]:
     """A new session's sandbox as the harness gets it: `SandboxPool.get`, with everything a real sandbox
     gets (its own uid and workdir, cgroup limits, rlimits, an egress proxy socket), with and without a
     prewarmed sandbox to adopt."""
@@ -87,7 +92,7 @@ async def bench_pool(root: Path, cold_n: int) -> list[tuple]:
 
     rows = []
     for prewarm in (0, 1):
-        pool = SandboxPool(root / f"pool-{prewarm}", "bwrap", prewarm=prewarm)
+        pool = SandboxPool(root / f"pool-{backend}-{prewarm}", backend, prewarm=prewarm)  # type: ignore[arg-type]
         samples = []
         try:
             for i in range(cold_n + 3):
@@ -104,7 +109,7 @@ async def bench_pool(root: Path, cold_n: int) -> list[tuple]:
         finally:
             await pool.aclose()
         label = "new session, prewarmed (adopt)" if prewarm else "new session, started on demand"
-        rows.append(("bwrap pool", label, samples))
+        rows.append((f"{backend} pool", label, samples))
     return rows
 
 
@@ -118,13 +123,10 @@ async def bench_raw(cold_n: int) -> list[tuple]:
     return [("subprocess", "spawn `/bin/true` (floor)", await timed(spawn, cold_n))]
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cold", type=int, default=30, help="cold starts per backend")
-    parser.add_argument("--warm", type=int, default=300, help="warm calls per operation")
-    args = parser.parse_args()
+async def main(args: argparse.Namespace) -> list[tuple]:
     report = check_isolation()
-    print(f"isolation: {report.detail}; {os.cpu_count()} CPUs")
+    gvisor = check_gvisor()
+    print(f"isolation: {report.detail}; {gvisor.detail}; {os.cpu_count()} CPUs; load {os.getloadavg()}")
     root = Path(tempfile.mkdtemp(prefix="corral-bench-", dir="/var/tmp" if os.path.isdir("/var/tmp") else None))
     os.chmod(root, 0o711)
     rows = await bench_raw(args.cold)
@@ -133,15 +135,51 @@ async def main() -> None:
         if report.ok:
             rows += await bench_backend("bwrap", BwrapSandbox.start, root, args.cold, args.warm)
             rows += await bench_pool(root, args.cold)
+        if gvisor.ok:
+            rows += await bench_backend("gvisor", GvisorSandbox.start, root, args.cold, args.warm)
+            rows += await bench_pool(root, args.cold, "gvisor")
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    print(f"\n{'backend':<11} {'operation':<31} {'n':>5} {'p50 ms':>8} {'p95 ms':>8} {'mean ms':>8}")
+    return rows
+
+
+def first_event_rows(sessions: int) -> list[tuple]:
+    """Lazy vs eager provisioning, per isolating backend, with an instant and a slower model."""
+    from _first_event import measure
+
+    root = Path(tempfile.mkdtemp(prefix="corral-bench-first-", dir="/var/tmp" if os.path.isdir("/var/tmp") else None))
+    os.chmod(root, 0o711)
+    rows: list[tuple] = []
+    try:
+        backends = [b for b, ok in (("bwrap", check_isolation().ok), ("gvisor", check_gvisor().ok)) if ok]
+        for model_delay in (0.0, 0.1):
+            for backend in backends:
+                for mode in ("lazy", "eager"):
+                    rows += measure(backend, mode, sessions, model_delay, root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return rows
+
+
+def print_rows(rows: list[tuple], width: int = 31) -> None:
+    head = max([11, *(len(r[0]) for r in rows)])
+    print(f"\n{'backend':<{head}} {'operation':<{width}} {'n':>5} {'p50 ms':>8} {'p95 ms':>8} {'mean ms':>8}")
     for backend, op, samples in rows:
         print(
-            f"{backend:<11} {op:<31} {len(samples):>5} {pct(samples, 0.5):>8.2f} {pct(samples, 0.95):>8.2f} "
-            f"{statistics.fmean(samples) * 1000:>8.2f}"
+            f"{backend:<{head}} {op:<{width}} {len(samples):>5} {pct(samples, 0.5):>8.2f} "
+            f"{pct(samples, 0.95):>8.2f} {statistics.fmean(samples) * 1000:>8.2f}"
         )
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer samples (10 cold, 100 warm, 8 sessions)")
+    parser.add_argument("--cold", type=int, default=None, help="cold starts per backend (default 30)")
+    parser.add_argument("--warm", type=int, default=None, help="warm calls per operation (default 300)")
+    parser.add_argument("--sessions", type=int, default=None, help="sessions per first-event row (default 20)")
+    args = parser.parse_args()
+    args.cold = args.cold or (10 if args.quick else 30)
+    args.warm = args.warm or (100 if args.quick else 300)
+    args.sessions = args.sessions or (8 if args.quick else 20)
+    print_rows(asyncio.run(main(args)))
+    print_rows(first_event_rows(args.sessions), width=18)

@@ -15,6 +15,7 @@ from corral.config import Settings
 
 from .fake_model import FakeModel
 from .servers import ServerThread, database_url
+from .tls_servers import GitServer, HttpsEcho, TestCA
 from .web_site import WebSite
 
 API_KEY = "test-key-7f3a"
@@ -94,6 +95,60 @@ def agent_server(
             yield srv
         finally:
             srv.stop()
+
+
+@pytest.fixture(scope="session")
+def test_ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
+    """The CA of the local HTTPS test servers (trusted by the egress proxy of `egress_server`)."""
+    return TestCA(tmp_path_factory.mktemp("test-ca"))
+
+
+@pytest.fixture(scope="session")
+def https_echo(test_ca: TestCA) -> Iterator[HttpsEcho]:
+    with HttpsEcho(test_ca) as echo:
+        yield echo
+
+
+@pytest.fixture(scope="session")
+def git_server(test_ca: TestCA) -> Iterator[GitServer]:
+    import uuid
+
+    with GitServer(test_ca, token=f"tok-{uuid.uuid4().hex}") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def egress_server(
+    db_kind: str, fake: FakeModel, sandbox_root: Path, test_ca: TestCA, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerThread]:
+    """A server running agents whose sandboxes' egress proxy may reach loopback (the local test servers)
+    and trusts their CA upstream."""
+    tmp: Path = tmp_path_factory.mktemp(f"egress-{db_kind}")
+    for url in database_url(db_kind, tmp):
+        settings = Settings(
+            database_url=url,
+            api_key=API_KEY,
+            data_dir=sandbox_root / f"egress-{db_kind}",
+            workers=4,
+            poll_interval=0.1,
+            lease_seconds=5,
+            sse_ping_seconds=1.0,
+            anthropic_base_url=fake.url,
+            anthropic_api_key="fake-key",
+            sandbox_prewarm=1,  # sessions without credentials adopt ready sandboxes; those with, never
+            sandbox_egress_allowed_networks=["127.0.0.0/8"],
+            egress_upstream_ca_file=test_ca.ca_file,
+        )
+        srv = ServerThread(settings).start()
+        try:
+            yield srv
+        finally:
+            srv.stop()
+
+
+@pytest.fixture(scope="session")
+def egress_client(egress_server: ServerThread) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=egress_server.url, api_key=API_KEY, max_retries=0)
 
 
 @pytest.fixture(scope="session")

@@ -1,20 +1,53 @@
 """The agent toolset end to end: the SDK drives a session whose model (the fake) calls the tools, which
-run in the session's real bubblewrap sandbox, provisioned on the first tool call."""
+run in the session's real sandbox (bubblewrap, and gVisor on a server of its own), provisioned on the
+first tool call."""
 
 from __future__ import annotations
 
 import os
 import signal
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import anthropic
+import pytest
 
+from .conftest import API_KEY
 from .fake_model import FakeModel, Reply, tool_results
-from .servers import ServerThread
+from .servers import ServerThread, database_url
 from .turns import new_session, text, turn, types
 
 TOOLSET = {"type": "agent_toolset_20260401"}
+
+
+@pytest.fixture(scope="module", params=["bwrap", "gvisor"])
+def tools_server(
+    request: pytest.FixtureRequest,
+    db_kind: str,
+    agent_server: ServerThread,
+    sandbox_root: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[ServerThread]:
+    """The agent server (bubblewrap), or one like it with `CORRAL_SANDBOX=gvisor` and its own database."""
+    if request.param == "bwrap":
+        yield agent_server
+        return
+    tmp: Path = tmp_path_factory.mktemp(f"agents-gvisor-{db_kind}")
+    for url in database_url(db_kind, tmp):
+        update = {"database_url": url, "sandbox": "gvisor", "data_dir": sandbox_root / f"agents-gvisor-{db_kind}"}
+        srv = ServerThread(agent_server.settings.model_copy(update=update)).start()
+        try:
+            yield srv
+        finally:
+            srv.stop()
+
+
+@pytest.fixture(scope="module")
+def agents(tools_server: ServerThread) -> anthropic.Anthropic:
+    """The SDK pointed at the server whose sandboxes these tests use."""
+    return anthropic.Anthropic(base_url=tools_server.url, api_key=API_KEY, max_retries=0)
 
 
 def sandbox_pool(server: ServerThread) -> Any:
@@ -34,10 +67,10 @@ def echo_results(body: dict) -> Reply:
 
 
 def test_tools_run_in_the_sessions_sandbox_and_state_carries_over(
-    agents: anthropic.Anthropic, fake: FakeModel, agent_server: ServerThread
+    agents: anthropic.Anthropic, fake: FakeModel, tools_server: ServerThread
 ) -> None:
     session = new_session(agents, tools=[TOOLSET])
-    pool = sandbox_pool(agent_server)
+    pool = sandbox_pool(tools_server)
     assert pool.current(session.id) is None  # lazy: nothing provisioned before a tool call
     fake.reply(
         tool_use=[
@@ -65,10 +98,10 @@ def test_tools_run_in_the_sessions_sandbox_and_state_carries_over(
 
 
 def test_sandbox_hides_the_servers_secrets_and_files(
-    agents: anthropic.Anthropic, fake: FakeModel, agent_server: ServerThread
+    agents: anthropic.Anthropic, fake: FakeModel, tools_server: ServerThread
 ) -> None:
     session = new_session(agents, tools=[TOOLSET])
-    database = agent_server.settings.database_url
+    database = tools_server.settings.database_url
     probe = "env; cat /etc/shadow; ls /root; ps -e -o pid,comm"
     if not database.startswith("postgresql"):
         probe += f"; cat {database}"
@@ -84,10 +117,10 @@ def test_sandbox_hides_the_servers_secrets_and_files(
 
 
 def test_a_killed_sandbox_is_an_error_result_and_the_next_call_gets_a_fresh_one(
-    agents: anthropic.Anthropic, fake: FakeModel, agent_server: ServerThread
+    agents: anthropic.Anthropic, fake: FakeModel, tools_server: ServerThread
 ) -> None:
     session = new_session(agents, tools=[TOOLSET])
-    pool = sandbox_pool(agent_server)
+    pool = sandbox_pool(tools_server)
     fake.reply(tool_use=[("bash", {"command": "echo kept > kept.txt; echo $$"})])
     fake.reply(tool_use=[("bash", {"command": "sleep 30"})])
     fake.reply(tool_use=[("bash", {"command": "cat kept.txt"})])
@@ -131,7 +164,7 @@ def test_confirmed_tool_call_runs_after_allow(agents: anthropic.Anthropic, fake:
 
 
 def test_the_environments_networking_governs_the_sandboxs_egress(
-    agents: anthropic.Anthropic, fake: FakeModel, agent_server: ServerThread
+    agents: anthropic.Anthropic, fake: FakeModel, tools_server: ServerThread
 ) -> None:
     """`limited` refuses what allowed_hosts does not list, with a 403 the agent can read; whatever the
     policy, the proxy never opens the host's loopback (here: the corral API itself)."""
@@ -148,7 +181,7 @@ def test_the_environments_networking_governs_the_sandboxs_egress(
     assert "blocked.example is not in its allowed_hosts (api.example.com)" in output
     assert "CONNECT tunnel failed, response 403" in output and failed
 
-    api = f"http://127.0.0.1:{agent_server.port}/health"
+    api = f"http://127.0.0.1:{tools_server.port}/health"
     session = new_session(agents, tools=[TOOLSET])  # unrestricted
     fake.reply(tool_use=[("bash", {"command": f"curl -sS {api}; curl -sS --noproxy '' {api}"})])
     fake.respond_with(echo_results)
@@ -159,10 +192,10 @@ def test_the_environments_networking_governs_the_sandboxs_egress(
 
 
 def test_deleting_a_session_removes_its_sandbox_and_files(
-    agents: anthropic.Anthropic, fake: FakeModel, agent_server: ServerThread
+    agents: anthropic.Anthropic, fake: FakeModel, tools_server: ServerThread
 ) -> None:
     session = new_session(agents, tools=[TOOLSET])
-    pool = sandbox_pool(agent_server)
+    pool = sandbox_pool(tools_server)
     fake.reply(tool_use=[("bash", {"command": "echo private > notes.txt"})])
     fake.respond_with(echo_results)
     turn(agents, session.id, [text("write")], timeout=30)

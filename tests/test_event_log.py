@@ -139,3 +139,52 @@ async def test_closing_the_store_commits_what_was_queued(db_url: str) -> None:
         assert sum([await reopened.events.head(sid) for sid in ids]) >= 20 * 200
     finally:
         await reopened.close()
+
+
+async def test_two_processes_appending_to_one_session_keep_its_log_contiguous(store: Store, db_url: str) -> None:
+    """A second store on the same database is another process: each one's idea of the session's head
+    goes stale whenever the other writes, and no append may land on a stale head."""
+    (sid,) = await sessions(store, 1)
+    other = Store(normalize_database_url(db_url))
+    try:
+        start = await store.events.head(sid)
+        for i in range(10):  # strictly alternating: every append after the first finds its head moved
+            await store.events.append(sid, [message(f"a{i}")])
+            await other.events.append(sid, [message(f"b{i}")])
+        jobs = [
+            s.events.append(sid, [message(f"{name}{i}-x"), message(f"{name}{i}-y")])
+            for i in range(15)
+            for s, name in ((store, "c"), (other, "d"))
+        ]
+        await asyncio.gather(*jobs)
+        log = await store.events.read(sid, after=start, limit=1000)
+        assert [e.seq for e in log] == list(range(start + 1, start + 1 + 20 + 60))
+        texts = [e.json.split('"text":"')[1].split('"')[0] for e in log]
+        assert texts[:20] == [f"{n}{i}" for i in range(10) for n in "ab"]
+        assert sorted(texts[20:]) == sorted(f"{n}{i}-{p}" for n in "cd" for i in range(15) for p in "xy")
+        for name in "cd":  # each append's two events stay adjacent
+            for i in range(15):
+                assert texts.index(f"{name}{i}-y") == texts.index(f"{name}{i}-x") + 1
+        session = await store.sessions.get(sid)
+        assert session is not None
+    finally:
+        await other.close()
+
+
+async def test_a_lease_taken_over_elsewhere_fences_the_old_owner(store: Store, db_url: str) -> None:
+    """The old owner's process still remembers the head it wrote; its next append must be refused."""
+    (sid,) = await sessions(store, 1)
+    await store.events.append(sid, [message("work")], needs_work=True)
+    assert await Leases(store.db, 0.05).claim(sid, "worker-a")
+    await store.events.append(sid, [message("by a")], owner="worker-a")
+    other = Store(normalize_database_url(db_url))
+    try:
+        await asyncio.sleep(0.1)  # the lease expires
+        assert await Leases(other.db, 30).claim(sid, "worker-b")
+        with pytest.raises(LeaseLost):
+            await store.events.append(sid, [message("late a")], owner="worker-a")
+        await other.events.append(sid, [message("by b")], owner="worker-b")
+        bodies = "".join(e.json for e in await store.events.read(sid, limit=100))
+        assert "late a" not in bodies and "by a" in bodies and "by b" in bodies
+    finally:
+        await other.close()

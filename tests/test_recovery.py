@@ -27,6 +27,7 @@ from corral.config import Settings
 
 from .conftest import API_KEY
 from .fake_model import FakeModel, Reply, tool_results
+from .mcp_server import MCPTestServer
 from .servers import ServerThread, database_url
 from .turns import new_session, text, turn, wait_for
 
@@ -132,8 +133,9 @@ def assert_log_is_whole(events: list[Any]) -> None:
             assert open_spans == 1, "a span ended twice or without a start"
             open_spans -= 1
     assert open_spans == 0
-    uses = [e.id for e in events if e.type == "agent.tool_use"]
+    uses = [e.id for e in events if e.type in ("agent.tool_use", "agent.mcp_tool_use")]
     answered = Counter(e.tool_use_id for e in events if e.type == "agent.tool_result")
+    answered.update(e.mcp_tool_use_id for e in events if e.type == "agent.mcp_tool_result")
     assert all(answered[u] == 1 for u in uses) and sum(answered.values()) == len(uses)
     assert all(e.processed_at is not None for e in events if e.type == "user.message")
 
@@ -175,6 +177,54 @@ def test_killed_worker_the_turn_carries_on_by_itself(cluster: Cluster, fake: Fak
         ends = [e for e in events if e.type == "span.model_request_end"]
         assert ends[0].is_error and not ends[-1].is_error  # the lost call is closed as failed, then re-made
     assert [e.type for e in events].count("user.message") == 1
+
+
+@pytest.mark.parametrize(("point", "runs"), [("after_model_end", 1), ("after_tool_start", 0)])
+def test_killed_worker_an_mcp_call_is_never_made_twice(
+    cluster: Cluster, fake: FakeModel, point: str, runs: int
+) -> None:
+    """An MCP call follows the sandbox tools' rule: begun and unanswered means answered as interrupted."""
+    marker = f"once {time.time_ns()}"
+
+    def shout_then_answer(body: dict[str, Any]) -> Reply:
+        results = tool_results(body)
+        if results:
+            return Reply(text="result: " + " | ".join(r for _, r in results))
+        return Reply(tool_use=[("mcp__tools__shout", {"text": marker})])
+
+    with MCPTestServer() as mcp:
+        client = cluster.client
+        vault = client.beta.vaults.create(display_name="recovery")
+        client.beta.vaults.credentials.create(
+            vault.id, auth={"type": "static_bearer", "mcp_server_url": mcp.url("r"), "token": mcp.new_token()}
+        )
+        agent = client.beta.agents.create(
+            name="mcp recovery",
+            model="claude-sonnet-4-6",
+            mcp_servers=[{"type": "url", "name": "tools", "url": mcp.url("r")}],
+            tools=[
+                {
+                    "type": "mcp_toolset",
+                    "mcp_server_name": "tools",
+                    "default_config": {"permission_policy": {"type": "always_allow"}},
+                }
+            ],
+        )
+        env = client.beta.environments.create(name=f"env-{time.time_ns()}")
+        session = client.beta.sessions.create(agent=agent.id, environment_id=env.id, vault_ids=[vault.id])
+        fake.respond_with(shout_then_answer)
+        doomed = cluster.worker(crash_at=point)
+        client.beta.sessions.events.send(session.id, events=[text("go")])
+        assert doomed.wait(timeout=30) == -signal.SIGKILL
+        cluster.worker()
+        events = wait_idle(client, session.id)
+        assert_log_is_whole(events)
+        assert mcp.calls.count(("shout", {"text": marker})) == runs
+    (result,) = [e for e in events if e.type == "agent.mcp_tool_result"]
+    if runs == 0:
+        assert result.is_error and "not re-run" in result.content[0].text
+    else:
+        assert not result.is_error and result.content[0].text == marker.upper()
 
 
 def test_random_kills_during_a_long_turn_lose_nothing(cluster: Cluster, fake: FakeModel) -> None:

@@ -160,16 +160,23 @@ def index() -> Iterator[PackageIndex]:
     served.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["bwrap", "gvisor"])
 def recipe_server(
-    db_kind: str, fake: FakeModel, index: PackageIndex, sandbox_root: Path, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    db_kind: str,
+    fake: FakeModel,
+    index: PackageIndex,
+    sandbox_root: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ServerThread]:
-    tmp: Path = tmp_path_factory.mktemp(f"recipes-{db_kind}")
+    """A server whose sandboxes are bubblewrap's, or gVisor's: both bind the same session mounts."""
+    tmp: Path = tmp_path_factory.mktemp(f"recipes-{request.param}-{db_kind}")
     for url in database_url(db_kind, tmp):
         settings = Settings(
             database_url=url,
             api_key=API_KEY,
-            data_dir=sandbox_root / f"recipes-{db_kind}",
+            sandbox=request.param,
+            data_dir=sandbox_root / f"recipes-{request.param}-{db_kind}",
             workers=4,
             poll_interval=0.1,
             lease_seconds=5,
@@ -304,7 +311,8 @@ def test_file_resources_are_mounted_read_only_and_follow_changes(
     )
     assert results(seen)[0] == (False, "first file\nfirst file")
     _, output = results(seen)[1]
-    assert "Read-only file system" in output and output.endswith("first file")
+    # bubblewrap says EROFS; gVisor checks the file's mode (0444, the server's) first: unchanged either way
+    assert ("Read-only file system" in output or "Permission denied" in output) and output.endswith("first file")
 
     # added and removed between turns: the next tool call sees the change, in the same sandbox
     added = sdk.beta.sessions.resources.add(session.id, type="file", file_id=two.id, mount_path="/mnt/data/two.csv")

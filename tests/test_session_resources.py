@@ -128,7 +128,12 @@ def test_refusals_change_nothing(client: anthropic.Anthropic, session, agent, en
         assert "one is inside the other" in info.value.body["error"]["message"]
     url = f"{str(client.base_url).rstrip('/')}/v1/sessions/{session.id}/resources"
     for body in (
-        {"type": "github_repository", "url": "https://github.com/a/b"},
+        {"type": "github_repository", "url": "http://github.com/a/b"},
+        {"type": "github_repository", "url": "https://user:tok@github.com/a/b"},
+        {"type": "github_repository", "url": "https://github.com/"},
+        {"type": "github_repository", "url": "https://github.com/a/b", "mount_path": "/srv/b"},
+        {"type": "github_repository", "url": "https://github.com/a/b", "checkout": {"type": "commit", "sha": "xyz"}},
+        {"type": "github_repository", "url": "https://github.com/a/b", "checkout": {"type": "branch", "name": "-x"}},
         {"type": "memory_store", "memory_store_id": "memstore_x"},
         {"type": "file", "file_id": file_id, "extra": 1},
         {"type": "bogus"},
@@ -136,13 +141,13 @@ def test_refusals_change_nothing(client: anthropic.Anthropic, session, agent, en
     ):
         response = httpx.post(url, json=body, headers=HEADERS)
         assert response.status_code == 400, body
-    response = httpx.post(url, json={"type": "github_repository", "url": "https://github.com/a/b"}, headers=HEADERS)
+    response = httpx.post(url, json={"type": "memory_store", "memory_store_id": "memstore_x"}, headers=HEADERS)
     assert "not supported yet" in response.json()["error"]["message"]
     after = client.beta.sessions.retrieve(session.id)
     assert after.resources == [kept] and after.updated_at == before.updated_at
 
     for resources in (
-        [{"type": "github_repository", "url": "https://github.com/a/b"}],
+        [{"type": "github_repository", "url": "ftp://github.com/a/b"}],
         [{"type": "file", "file_id": "file_missing"}],
         [
             {"type": "file", "file_id": file_id, "mount_path": "/x"},

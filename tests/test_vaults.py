@@ -630,12 +630,19 @@ def test_rotation_reencrypts_and_the_server_keeps_working(own_server: ServerThre
     vault = client.beta.vaults.create(display_name="rotating")
     auths = [bearer(), oauth(), env_var()]
     made = [client.beta.vaults.credentials.create(vault.id, auth=a) for a in auths]
+    repo_token = secret("repo")  # a repository resource's token is a stored secret too
+    agent = client.beta.agents.create(name="rotation", model="claude-sonnet-4-6")
+    env = client.beta.environments.create(name=f"rotation-{uuid.uuid4().hex[:8]}")
+    repo = {"type": "github_repository", "url": "https://git.example.com/a/b", "authorization_token": repo_token}
+    client.beta.sessions.create(agent=agent.id, environment_id=env.id, resources=[repo])
     (old_key,) = _file_keys(key_path)
     before = {c.id: _stored_secret(settings.database_url, c.id) for c in made}
 
     result = _rotate(settings, "--keep-old")
     assert result.exit_code == 0, result.output
-    assert "re-encrypted 3 secret(s)" in result.output
+    assert "re-encrypted 4 secret(s)" in result.output
+    ((*_, stored_token, _),) = _stored_rows(settings.database_url)["session_resource_secrets"]
+    assert repo_token in Fernet(_file_keys(key_path)[0]).decrypt(stored_token.encode()).decode()
     keys = _file_keys(key_path)
     assert len(keys) == 2 and keys[1] == old_key and stat.S_IMODE(os.stat(key_path).st_mode) == 0o600
     new = Fernet(keys[0])

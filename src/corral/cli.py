@@ -52,7 +52,8 @@ SandboxOption = typer.Option(
     None,
     "--sandbox",
     envvar="CORRAL_SANDBOX",
-    help="Where agent tools run: bwrap (isolated, default) or unsafe-no-isolation (trusted agents only).",
+    help="Where agent tools run: bwrap (isolated, default), gvisor (isolated, user-space kernel) "
+    "or unsafe-no-isolation (trusted agents only).",
     show_default=False,
 )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -97,8 +98,20 @@ class Settings(BaseSettings):
     )
     sandbox: str = Field(
         default="bwrap",
-        description="Where agent-toolset tools run: `bwrap` (isolated, default), or `unsafe-no-isolation` "
-        "(plain processes on this machine: only for trusted agents on machines without user namespaces).",
+        description="Where agent-toolset tools run: `bwrap` (isolated, default), `gvisor` (isolated behind "
+        "gVisor's user-space kernel; needs `runsc`), or `unsafe-no-isolation` (plain processes on this machine: "
+        "only for trusted agents on machines without user namespaces).",
+    )
+    sandbox_provision: Literal["lazy", "eager"] = Field(
+        default="lazy",
+        description="When a session's sandbox starts: `lazy` (on its first tool call; turns without tools never "
+        "start one) or `eager` (when a turn of a session whose agent has sandbox tools starts, in the background "
+        "beside the first model call).",
+    )
+    sandbox_runsc: str | None = Field(
+        default=None,
+        description="Path of gVisor's `runsc` binary for `CORRAL_SANDBOX=gvisor` (default: `runsc` on `PATH` "
+        "or in `/usr/local/bin`).",
     )
     searxng_url: str | None = Field(
         default=None,
@@ -109,6 +122,14 @@ class Settings(BaseSettings):
         default=None,
         description='Non-public networks `web_fetch` may reach anyway, as JSON, e.g. `["10.0.0.0/8"]` '
         "(by default it refuses loopback, private and link-local addresses).",
+    )
+    mcp_timeout_seconds: float = Field(
+        default=30.0,
+        description="Time allowed to connect to an MCP server and list its tools (and to refresh an OAuth token).",
+        gt=0,
+    )
+    mcp_tool_timeout_seconds: float = Field(
+        default=300.0, description="Time allowed for one MCP tool call, once connected.", gt=0
     )
     sandbox_prewarm: int = Field(
         default=1,
@@ -140,6 +161,12 @@ class Settings(BaseSettings):
         description="Longest an environment recipe's package installation may take, in seconds; "
         "after that the build fails and the tool call gets an error.",
         gt=0,
+    )
+    egress_upstream_ca_file: Path | None = Field(
+        default=None,
+        description="PEM file of extra CA certificates the egress proxy trusts, besides the system store, when "
+        "it opens TLS to a server on behalf of a sandbox whose requests carry credentials (e.g. an internal "
+        "git server's CA).",
     )
 
     secret_key: SecretStr | None = Field(

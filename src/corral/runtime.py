@@ -10,16 +10,23 @@ import contextlib
 import logging
 import shutil
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from .config import Settings
 from .harness.loop import Harness
+from .harness.mcp import MCPToolsets
 from .harness.tools import NoTools, ToolRouter, ToolRunner
 from .harness.worker import WorkerPool
 from .models.base import ModelClient
 from .models.router import ModelRouter
 from .store.store import Store
 from .store.watch import Watcher
+from .vault.crypto import SecretBox
 from .vault.keys import KeyRing
+
+if TYPE_CHECKING:
+    from .schemas.sessions import Session
+    from .vault.broker import SessionCredentials
 
 __all__ = ["Runtime"]
 
@@ -83,21 +90,42 @@ class Runtime:
         from .service.files import blobs_for
         from .service.sandbox_files import SandboxFiles
         from .tools.web import WebTools
+        from .vault.broker import SessionCredentials
+
+        async def box() -> SecretBox:
+            return (await self.secret_keys()).box()
+
+        async def credentials(session: Session) -> SessionCredentials | None:
+            return await SessionCredentials.load(self.store, box, session)
 
         runners: list[ToolRunner] = [
             SandboxToolRunner.from_settings(
                 self.settings,
                 environments=self.store.environments.get,
                 files=SandboxFiles(self.store, blobs_for(self.settings), max_bytes=self.settings.max_file_bytes),
+                credentials=credentials,
             ),
             WebTools.from_settings(self.settings),
         ]
         return ToolRouter(runners, NoTools("it is not available in this deployment"))
 
+    def mcp_toolsets(self) -> MCPToolsets:
+        """MCP servers are called from this process, with credentials from the sessions' vaults."""
+        from .tools.mcp import MCPClient
+        from .vault.mcp_auth import VaultMCPAuth
+
+        s = self.settings
+        auth = VaultMCPAuth(self.store, self._secret_box, timeout=s.mcp_timeout_seconds)
+        client = MCPClient(timeout=s.mcp_timeout_seconds, tool_timeout=s.mcp_tool_timeout_seconds)
+        return MCPToolsets(client, auth.for_session)
+
+    async def _secret_box(self) -> SecretBox:
+        return (await self.secret_keys()).box()
+
     async def start_workers(self, count: int) -> None:
         self.model = self.model or self.model_client()
         self.tools = self.tools or self.tool_runner()
-        harness = Harness(self.store, self.model, self.tools, self.settings)
+        harness = Harness(self.store, self.model, self.tools, self.settings, mcp=self.mcp_toolsets())
         self.workers = WorkerPool(
             self.store,
             harness,

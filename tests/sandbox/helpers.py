@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from corral.sandbox.base import Sandbox, ToolResult
+from corral.sandbox.gvisor import GvisorSandbox
+from corral.sandbox.local import BwrapSandbox
 
 
 def text(result: ToolResult) -> str:
@@ -24,3 +26,14 @@ async def err(sandbox: Sandbox, name: str, input: dict[str, Any], **kw: Any) -> 
     result = await sandbox.execute(name, input, **kw)
     assert result.is_error, result.content
     return text(result)
+
+
+ISOLATED = (BwrapSandbox, GvisorSandbox)
+"""The isolating backends' sandbox classes (both have `host_uid`, `cgroup`, `egress`, `_proc`)."""
+
+
+def inside_uid(sandbox: Sandbox) -> int:
+    """The agent's uid inside: 1000 under bubblewrap; under gVisor the sandbox's own host uid (root server)."""
+    if isinstance(sandbox, GvisorSandbox):
+        return sandbox.host_uid if sandbox.host_uid is not None else 0
+    return 1000

@@ -33,8 +33,9 @@ from corral.sandbox.egress import (
     Refused,
     parse_head,
 )
+from corral.sandbox.gvisor import GvisorSandbox
 from corral.sandbox.local import BwrapSandbox
-from corral.sandbox.pool import SandboxPool
+from corral.sandbox.pool import Backend, SandboxPool
 from corral.sandbox.runner import SandboxToolRunner
 from corral.schemas.sessions import Session
 
@@ -80,16 +81,18 @@ def site() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-async def egress_pool(sandbox_root: Path) -> AsyncIterator[SandboxPool]:
+async def egress_pool(sandbox_root: Path, backend: Backend) -> AsyncIterator[SandboxPool]:
     """A pool whose proxy may reach the host's loopback (the test server); policies come from the specs."""
-    pool = SandboxPool(sandbox_root / "egress", egress=EgressProxy(allowed_networks=["127.0.0.0/8"]))
+    pool = SandboxPool(
+        sandbox_root / f"egress-{backend}", backend, egress=EgressProxy(allowed_networks=["127.0.0.0/8"])
+    )
     yield pool
     await pool.aclose()
 
 
-async def sandbox_with(pool: SandboxPool, name: str, networking: dict[str, Any]) -> BwrapSandbox:
+async def sandbox_with(pool: SandboxPool, name: str, networking: dict[str, Any]) -> BwrapSandbox | GvisorSandbox:
     sandbox = await pool.get(SandboxSpec(name, "", networking=networking))
-    assert isinstance(sandbox, BwrapSandbox)
+    assert isinstance(sandbox, (BwrapSandbox, GvisorSandbox))
     return sandbox
 
 
@@ -250,7 +253,10 @@ async def test_proxy_forwards_tunnels_and_refuses(site: str) -> None:
 
 async def test_unrestricted_sandbox_reaches_the_server_through_the_proxy(egress_pool: SandboxPool, site: str) -> None:
     sandbox = await sandbox_with(egress_pool, "open", {"type": "unrestricted"})
-    env = await ok(sandbox, "bash", {"command": "echo $HTTP_PROXY $https_proxy $NO_PROXY; ls -l /run/corral"})
+    # (2>/dev/null: gVisor cannot stat a host socket for `ls -l`, "Bad file descriptor", but lists it)
+    env = await ok(
+        sandbox, "bash", {"command": "echo $HTTP_PROXY $https_proxy $NO_PROXY; ls -l /run/corral 2>/dev/null"}
+    )
     assert env.startswith("http://127.0.0.1:3128 http://127.0.0.1:3128 localhost,127.0.0.1,::1")
     assert env.count("\n") == 2 and "proxy.sock" in env  # its own socket, nothing else of the host
     assert await ok(sandbox, "bash", {"command": f"curl -sS {site}/plain"}) == f"hello /plain host={site[7:]}"
@@ -293,11 +299,14 @@ async def test_no_route_around_the_proxy(egress_pool: SandboxPool, site: str) ->
         "python3 -c \"import socket\ntry:\n socket.create_connection(('93.184.215.14', 80), timeout=3)\n"
         'except OSError as e: print(type(e).__name__, e.errno)"'
     )
-    assert (await ok(sandbox, "bash", {"command": probe})).startswith("OSError 101")  # ENETUNREACH
+    unreachable = await ok(sandbox, "bash", {"command": probe})
+    assert unreachable in ("OSError 101", "OSError 113")  # ENETUNREACH (Linux), EHOSTUNREACH (gVisor)
 
 
-async def test_default_proxy_never_reaches_the_hosts_loopback(sandbox_root: Path, site: str) -> None:
-    pool = SandboxPool(sandbox_root / "egress-default")  # the proxy a server gets without the setting
+async def test_default_proxy_never_reaches_the_hosts_loopback(sandbox_root: Path, backend: Backend, site: str) -> None:
+    pool = SandboxPool(
+        sandbox_root / f"egress-default-{backend}", backend
+    )  # the proxy a server gets without the setting
     try:
         sandbox = await pool.get(SandboxSpec("strict", ""))
         port = site.rsplit(":", 1)[1]
@@ -334,8 +343,8 @@ async def test_listener_goes_away_with_its_sandbox(egress_pool: SandboxPool) -> 
     assert not os.path.exists(path)
 
 
-async def test_pool_without_egress_has_no_way_out(sandbox_root: Path, site: str) -> None:
-    pool = SandboxPool(sandbox_root / "egress-off", egress=False)
+async def test_pool_without_egress_has_no_way_out(sandbox_root: Path, backend: Backend, site: str) -> None:
+    pool = SandboxPool(sandbox_root / f"egress-off-{backend}", backend, egress=False)
     try:
         sandbox = await pool.get(SandboxSpec("off", ""))
         assert await ok(sandbox, "bash", {"command": "echo ${HTTP_PROXY:-none}; ls /run/corral 2>&1 | wc -l"}) == (
@@ -350,7 +359,9 @@ async def test_pool_without_egress_has_no_way_out(sandbox_root: Path, site: str)
 # -- the runner reads the session's environment ----------------------------------------------------------
 
 
-async def test_runner_applies_the_environment_to_the_next_sandbox(sandbox_root: Path, site: str) -> None:
+async def test_runner_applies_the_environment_to_the_next_sandbox(
+    sandbox_root: Path, backend: Backend, site: str
+) -> None:
     environments: dict[str, Any] = {
         "env_a": SimpleNamespace(config=SimpleNamespace(type="cloud", networking=SimpleNamespace(**LIMITED)))
     }
@@ -362,7 +373,9 @@ async def test_runner_applies_the_environment_to_the_next_sandbox(sandbox_root: 
         return environments[env_id]
 
     settings = Settings(
-        data_dir=sandbox_root / "egress-runner", sandbox="bwrap", sandbox_egress_allowed_networks=["127.0.0.0/8"]
+        data_dir=sandbox_root / f"egress-runner-{backend}",
+        sandbox=backend,
+        sandbox_egress_allowed_networks=["127.0.0.0/8"],
     )
     runner = SandboxToolRunner.from_settings(settings, environments=load)
     session = cast(Session, SimpleNamespace(id="envrun", environment_id="env_a", agent=None))

@@ -1,20 +1,22 @@
-"""BwrapSandbox lifecycle and the bash tool's session semantics, on real bubblewrap."""
+"""Sandbox lifecycle and the bash tool's session semantics, on real bubblewrap and gVisor."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
 from corral.sandbox.base import Sandbox, SandboxDied, SandboxSpec, SandboxUnavailable
+from corral.sandbox.gvisor import GvisorSandbox, check_gvisor
 from corral.sandbox.local import BwrapSandbox, check_isolation
 from corral.sandbox.pool import SandboxPool
 
-from .helpers import err, ok, text
+from .helpers import ISOLATED, err, inside_uid, ok, text
 
 
 def test_check_isolation_reports_working_bwrap() -> None:
@@ -30,7 +32,7 @@ async def test_backends_satisfy_the_sandbox_protocol(sbx: Sandbox) -> None:
 
 async def test_bash_runs_in_workspace_as_unprivileged_user(sbx: Sandbox) -> None:
     out = await ok(sbx, "bash", {"command": "pwd; id -u; echo $HOME"})
-    assert out == "/workspace\n1000\n/workspace"
+    assert out == f"/workspace\n{inside_uid(sbx)}\n/workspace"
 
 
 async def test_bash_nonzero_exit_is_error_with_merged_output(sbx: Sandbox) -> None:
@@ -119,7 +121,7 @@ async def test_cancelled_execute_does_not_leave_the_command_running(sbx: Sandbox
 
 
 async def test_pings_are_answered_during_a_long_call(sbx: Sandbox) -> None:
-    assert isinstance(sbx, BwrapSandbox)
+    assert isinstance(sbx, ISOLATED)
     call = asyncio.create_task(sbx.execute("bash", {"command": "sleep 1"}))
     await asyncio.sleep(0.1)
     assert sbx.busy
@@ -135,7 +137,7 @@ async def test_killed_sandbox_raises_died_and_pool_replaces_it(pool: SandboxPool
     spec = SandboxSpec("killed", "")
     first = await pool.get(spec)
     await ok(first, "write", {"file_path": "keep.txt", "content": "survives"})
-    assert isinstance(first, BwrapSandbox)
+    assert isinstance(first, ISOLATED)
     call = asyncio.create_task(first.execute("bash", {"command": "sleep 30"}))
     await asyncio.sleep(0.2)
     os.kill(first._proc.pid, signal.SIGKILL)
@@ -159,7 +161,7 @@ async def test_sandbox_killed_from_inside_is_reported_dead(pool: SandboxPool) ->
 
 async def test_close_is_idempotent_and_removes_the_cgroup(pool: SandboxPool) -> None:
     sandbox = await pool.get(SandboxSpec("closer", ""))
-    assert isinstance(sandbox, BwrapSandbox)
+    assert isinstance(sandbox, ISOLATED)
     dirs = list(sandbox.cgroup.dirs) if sandbox.cgroup else []
     await sandbox.close()
     await sandbox.close()
@@ -176,8 +178,75 @@ async def test_missing_bwrap_is_unavailable(monkeypatch: pytest.MonkeyPatch, tmp
     assert not check_isolation().ok
 
 
+def test_check_gvisor_reports_working_runsc() -> None:
+    report = check_gvisor()
+    assert report.ok, report.detail
+
+
+async def test_missing_runsc_is_unavailable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    missing = str(tmp_path / "no-runsc")
+    with pytest.raises(SandboxUnavailable, match="CORRAL_SANDBOX_RUNSC"):
+        await GvisorSandbox.start(SandboxSpec("norunsc", str(tmp_path / "w")), runsc=missing)
+    report = check_gvisor(runsc=missing)
+    assert not report.ok and f"{missing} is not an executable" in report.detail
+
+
+async def test_gvisor_sandbox_leaves_nothing_behind(pool: SandboxPool) -> None:
+    sandbox = await pool.get(SandboxSpec("tidy", ""))
+    if not isinstance(sandbox, GvisorSandbox):
+        assert isinstance(sandbox, BwrapSandbox)
+        return
+    assert (sandbox.bundle / "config.json").is_file()
+    await sandbox.close()
+    assert not sandbox.bundle.exists()
+    assert sandbox.cgroup is None or not sandbox.cgroup.pids()
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="per-sandbox uids only exist when the server is root")
 async def test_unreachable_workdir_is_a_clear_error(tmp_path: Path) -> None:
     # pytest's tmp_path lives under a 0700 directory the sandbox uid cannot traverse
     with pytest.raises(SandboxUnavailable, match="not searchable"):
         await BwrapSandbox.start(SandboxSpec("hidden", str(tmp_path / "workspace")))
+
+
+ROOTLESS_PROBE = """
+import asyncio, sys
+from corral.sandbox.base import SandboxSpec
+from corral.sandbox.gvisor import GvisorSandbox, check_gvisor
+
+async def main():
+    assert check_gvisor().ok
+    sandbox = await GvisorSandbox.start(SandboxSpec("rootless", sys.argv[1]))
+    try:
+        result = await sandbox.execute("bash", {"command": "id -u; echo hi > f; cat /etc/shadow; ls /root"})
+        print(result.content[0]["text"])
+    finally:
+        await sandbox.close()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to an unprivileged uid for the check")
+def test_gvisor_runs_rootless_for_a_server_that_is_not_root(sandbox_root: Path) -> None:
+    """A server that is not root gets `runsc --rootless`: the same isolation, files owned by its own uid."""
+    home = sandbox_root / "rootless"
+    home.mkdir(mode=0o777)
+    home.chmod(0o777)
+    src = Path(__file__).resolve().parents[2] / "src"
+    result = subprocess.run(
+        ["/usr/bin/python3", "-c", ROOTLESS_PROBE, str(home / "workspace")],
+        env={"PATH": os.environ["PATH"], "PYTHONPATH": str(src), "TMPDIR": str(home), "HOME": str(home)},
+        user=65534,
+        group=65534,
+        extra_groups=[],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "0" and "/etc/shadow: No such file" in result.stdout and "/root" in result.stdout
+    assert (home / "workspace" / "f").stat().st_uid == 65534

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from corral.sandbox.base import SandboxSpec
-from corral.sandbox.local import UID_BASE, BwrapSandbox
-from corral.sandbox.pool import SandboxPool
+from corral.sandbox.local import UID_BASE
+from corral.sandbox.pool import Backend, SandboxPool
 
-from .helpers import ok
+from .helpers import ISOLATED, ok
 
 
 async def test_get_provisions_lazily_and_caches(pool: SandboxPool) -> None:
@@ -31,8 +31,8 @@ def test_workdir_layout_and_bad_ids(pool: SandboxPool) -> None:
             pool.workdir_for(bad)
 
 
-async def test_release_idle_keeps_workdir_and_uid(sandbox_root: Path) -> None:
-    pool = SandboxPool(sandbox_root / "idle", idle_seconds=0.2)
+async def test_release_idle_keeps_workdir_and_uid(sandbox_root: Path, backend: Backend) -> None:
+    pool = SandboxPool(sandbox_root / f"idle-{backend}", backend, idle_seconds=0.2)
     try:
         first = await pool.get(SandboxSpec("idle", ""))
         await ok(first, "write", {"file_path": "notes.md", "content": "kept"})
@@ -48,7 +48,7 @@ async def test_release_idle_keeps_workdir_and_uid(sandbox_root: Path) -> None:
         second = await pool.get(SandboxSpec("idle", ""))
         assert second is not first
         assert await ok(second, "read", {"file_path": "notes.md"}) == "kept"
-        assert isinstance(first, BwrapSandbox) and isinstance(second, BwrapSandbox)
+        assert isinstance(first, ISOLATED) and isinstance(second, ISOLATED)
         assert first.host_uid == second.host_uid
     finally:
         await pool.aclose()
@@ -79,7 +79,7 @@ async def test_uids_are_unique_and_reused_from_the_workdir_owner(sandbox_root: P
     try:
         a = await pool.get(SandboxSpec("a", ""))
         b = await pool.get(SandboxSpec("b", ""))
-        assert isinstance(a, BwrapSandbox) and isinstance(b, BwrapSandbox)
+        assert isinstance(a, ISOLATED) and isinstance(b, ISOLATED)
         assert a.host_uid is not None and b.host_uid is not None
         assert a.host_uid != b.host_uid and min(a.host_uid, b.host_uid) >= UID_BASE
     finally:
@@ -88,13 +88,13 @@ async def test_uids_are_unique_and_reused_from_the_workdir_owner(sandbox_root: P
     restarted = SandboxPool(root)
     try:
         b_again = await restarted.get(SandboxSpec("b", ""))
-        assert isinstance(b_again, BwrapSandbox) and b_again.host_uid == b.host_uid
+        assert isinstance(b_again, ISOLATED) and b_again.host_uid == b.host_uid
     finally:
         await restarted.aclose()
 
 
-async def test_closed_pool_refuses(sandbox_root: Path) -> None:
-    pool = SandboxPool(sandbox_root / "closed")
+async def test_closed_pool_refuses(sandbox_root: Path, backend: Backend) -> None:
+    pool = SandboxPool(sandbox_root / f"closed-{backend}", backend)
     sandbox = await pool.get(SandboxSpec("x", ""))
     await pool.aclose()
     assert not sandbox.alive()
@@ -116,8 +116,8 @@ async def ready(pool: SandboxPool, count: int = 1) -> None:
     raise AssertionError("no sandbox was prewarmed")
 
 
-async def test_prewarmed_sandbox_is_adopted_by_a_new_session(sandbox_root: Path) -> None:
-    pool = SandboxPool(sandbox_root / "prewarm", prewarm=1)
+async def test_prewarmed_sandbox_is_adopted_by_a_new_session(sandbox_root: Path, backend: Backend) -> None:
+    pool = SandboxPool(sandbox_root / f"prewarm-{backend}", backend, prewarm=1)
     try:
         first = await pool.get(SandboxSpec("first", ""))
         await ready(pool)
@@ -136,8 +136,10 @@ async def test_prewarmed_sandbox_is_adopted_by_a_new_session(sandbox_root: Path)
     assert not any((pool.root_dir / "warm").iterdir())  # ready sandboxes' directories are removed
 
 
-async def test_sessions_with_files_or_another_recipe_get_their_own_sandbox(sandbox_root: Path) -> None:
-    pool = SandboxPool(sandbox_root / "prewarm-skip", prewarm=1)
+async def test_sessions_with_files_or_another_recipe_get_their_own_sandbox(
+    sandbox_root: Path, backend: Backend
+) -> None:
+    pool = SandboxPool(sandbox_root / f"prewarm-skip-{backend}", backend, prewarm=1)
     try:
         await pool.get(SandboxSpec("seed", ""))
         await ready(pool)
@@ -154,17 +156,17 @@ async def test_sessions_with_files_or_another_recipe_get_their_own_sandbox(sandb
         await pool.aclose()
 
 
-async def test_uids_running_processes_elsewhere_are_not_handed_out(sandbox_root: Path) -> None:
+async def test_uids_running_processes_elsewhere_are_not_handed_out(sandbox_root: Path, backend: Backend) -> None:
     """Another corral process's pool hands out the same range: a uid in use on the machine is skipped."""
     if os.geteuid() != 0:
         pytest.skip("only root hands sandboxes their own uids")
     import subprocess
 
     squatter = subprocess.Popen(["sleep", "30"], user=UID_BASE, group=UID_BASE)
-    pool = SandboxPool(sandbox_root / "squatted")
+    pool = SandboxPool(sandbox_root / f"squatted-{backend}", backend)
     try:
         sandbox = await pool.get(SandboxSpec("fresh", ""))
-        assert isinstance(sandbox, BwrapSandbox) and sandbox.host_uid not in (None, UID_BASE)
+        assert isinstance(sandbox, ISOLATED) and sandbox.host_uid not in (None, UID_BASE)
         assert pool.workdir_for("fresh").stat().st_uid == sandbox.host_uid
     finally:
         squatter.kill()

@@ -1,4 +1,4 @@
-"""SandboxToolRunner: the harness-facing ToolRunner over a real bubblewrap pool."""
+"""SandboxToolRunner: the harness-facing ToolRunner over a real bubblewrap or gVisor pool."""
 
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ from typing import cast
 import pytest
 
 from corral.config import Settings
-from corral.sandbox.local import BwrapSandbox
-from corral.sandbox.pool import SandboxPool
+from corral.sandbox.pool import Backend, SandboxPool
 from corral.sandbox.runner import SandboxToolRunner
 from corral.schemas.sessions import Session
+
+from .helpers import ISOLATED
 
 
 def session(session_id: str) -> Session:
@@ -24,9 +25,10 @@ def session(session_id: str) -> Session:
 
 
 @pytest.fixture
-async def runner(sandbox_root: Path) -> AsyncIterator[SandboxToolRunner]:
-    settings = Settings(data_dir=sandbox_root / "runner", sandbox="bwrap", sandbox_idle_seconds=1)
+async def runner(sandbox_root: Path, backend: Backend) -> AsyncIterator[SandboxToolRunner]:
+    settings = Settings(data_dir=sandbox_root / f"runner-{backend}", sandbox=backend, sandbox_idle_seconds=1)
     r = SandboxToolRunner.from_settings(settings)
+    assert r.pool.backend == backend and not r.unavailable
     yield r
     await r.aclose()
 
@@ -50,7 +52,7 @@ async def test_bad_input_and_foreign_tools_are_error_results(runner: SandboxTool
 async def test_dead_sandbox_is_an_error_result_then_replaced(runner: SandboxToolRunner) -> None:
     await runner.run(session("run3"), "write", {"file_path": "kept.txt", "content": "still here"})
     sandbox = runner.pool.current("run3")
-    assert isinstance(sandbox, BwrapSandbox)
+    assert isinstance(sandbox, ISOLATED)
     call = asyncio.create_task(runner.run(session("run3"), "bash", {"command": "sleep 30"}))
     await asyncio.sleep(0.2)
     os.kill(sandbox._proc.pid, signal.SIGKILL)
@@ -63,7 +65,12 @@ async def test_dead_sandbox_is_an_error_result_then_replaced(runner: SandboxTool
 async def test_interrupt_reaches_the_running_call(runner: SandboxToolRunner) -> None:
     await runner.interrupt("never-started")  # no sandbox: nothing to do
     call = asyncio.create_task(runner.run(session("run4"), "bash", {"command": "sleep 30"}))
-    await asyncio.sleep(0.3)
+    for _ in range(100):  # the sandbox starts on the first call (~0.5 s under gVisor)
+        sandbox = runner.pool.current("run4")
+        if sandbox is not None and getattr(sandbox, "busy", False):
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.2)
     await runner.interrupt("run4")
     result = await asyncio.wait_for(call, 5)
     assert result.is_error and "interrupted" in result.content[0]["text"]
@@ -125,3 +132,40 @@ async def test_a_data_dir_sandbox_users_cannot_enter_disables_tools_with_the_rea
         assert f"the data directory {private_data} (mode drwx------) cannot be entered" in result.content[0]["text"]
     finally:
         await runner.aclose()
+
+
+async def test_gvisor_without_runsc_disables_tools_with_the_reason(sandbox_root: Path) -> None:
+    missing = str(sandbox_root / "no-such-runsc")
+    settings = Settings(data_dir=sandbox_root / "no-runsc", sandbox="gvisor", sandbox_runsc=missing)
+    assert SandboxToolRunner.describe(settings).startswith(f"tools: disabled: {missing} is not an executable")
+    runner = SandboxToolRunner.from_settings(settings)
+    try:
+        assert runner.definitions == {}
+        result = await runner.run(session("run10"), "bash", {"command": "true"})
+        assert result.is_error and "scripts/install-runsc" in result.content[0]["text"]
+        assert "CORRAL_SANDBOX_RUNSC" in result.content[0]["text"]
+    finally:
+        await runner.aclose()
+    working = Settings(data_dir=sandbox_root / "with-runsc", sandbox="gvisor")
+    assert SandboxToolRunner.describe(working).startswith("tools: gVisor (runsc) sandboxes (isolated;")
+
+
+async def test_eager_provisioning_starts_the_sandbox_when_a_turn_starts(sandbox_root: Path, backend: Backend) -> None:
+    lazy = SandboxToolRunner.from_settings(Settings(data_dir=sandbox_root / f"lazy-{backend}", sandbox=backend))
+    eager = SandboxToolRunner.from_settings(
+        Settings(data_dir=sandbox_root / f"eager-{backend}", sandbox=backend, sandbox_provision="eager")
+    )
+    try:
+        await lazy.prepare(session("prep"))
+        await asyncio.sleep(0.2)
+        assert lazy.pool.current("prep") is None  # lazy: only a tool call starts one
+        await eager.prepare(session("prep"))  # returns before the sandbox is up
+        assert eager.pool.current("prep") is None
+        await asyncio.gather(*eager._preparing)
+        sandbox = eager.pool.current("prep")
+        assert sandbox is not None and sandbox.alive()
+        result = await eager.run(session("prep"), "bash", {"command": "echo ready"})
+        assert result.content[0]["text"] == "ready" and eager.pool.current("prep") is sandbox
+    finally:
+        await lazy.aclose()
+        await eager.aclose()

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hmac
 import time
+from collections.abc import Awaitable, Callable
 
 from fastapi import Request
 
 from ..errors import AuthenticationFailed, InvalidRequest
 from ..runtime import Runtime
 from ..store.store import Store
+from ..vault.crypto import SecretBox
 
 __all__ = ["authenticate", "get_runtime", "get_store", "require_beta"]
 
@@ -24,6 +26,16 @@ def get_runtime(request: Request) -> Runtime:
 
 def get_store(request: Request) -> Store:
     return get_runtime(request).store
+
+
+def get_box_source(request: Request) -> Callable[[], Awaitable[SecretBox]]:
+    """The vault keys, loaded only if the request turns out to need them (e.g. to encrypt a token)."""
+    runtime = get_runtime(request)
+
+    async def box() -> SecretBox:
+        return (await runtime.secret_keys()).box()
+
+    return box
 
 
 def _presented_key(request: Request) -> str | None:

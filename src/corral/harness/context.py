@@ -29,6 +29,8 @@ class ToolUse:
     resolved: bool = False
     confirmed: str | None = None  # allow | deny, from user.tool_confirmation
     started: bool = False  # a tool_run record exists: it began in some worker
+    mcp_server: str | None = None  # an MCP call: the server's name and the tool's name on it
+    mcp_tool: str | None = None
 
     @property
     def runnable(self) -> bool:
@@ -156,13 +158,17 @@ class _Folder:
             c.turn_closed = False
         elif kind == "user.tool_result" or kind == "agent.tool_result":
             self.resolve(ev["tool_use_id"], ev.get("content"), bool(ev.get("is_error")))
+        elif kind == "agent.mcp_tool_result":
+            self.resolve(ev["mcp_tool_use_id"], ev.get("content"), bool(ev.get("is_error")))
         elif kind == "span.model_request_start":
             c.open_span = ev["id"]
         elif kind == "span.model_request_end":
             self.span_end(ev)
         elif kind == "session.error":
             error = ev["error"]
-            if error.get("retry_status", {}).get("type") != "retrying":
+            if str(error.get("type")).startswith(("mcp_", "repository_")):
+                pass  # an MCP server or a repository failed: the model calls are not affected
+            elif error.get("retry_status", {}).get("type") != "retrying":
                 c.failures = 0
             elif str(error.get("type")).startswith("model_"):
                 c.failures += 1  # consecutive failed model calls; a tool's provisioning error is not one
@@ -212,7 +218,7 @@ class _Folder:
         c.messages = [summary, *kept]
 
 
-_TOOL_FIELDS = ("event_id", "toolu_id", "name", "input", "kind", "permission")
+_TOOL_FIELDS = ("event_id", "toolu_id", "name", "input", "kind", "permission", "mcp_server", "mcp_tool")
 
 
 def run_key(tool_use_id: str) -> str:

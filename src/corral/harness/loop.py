@@ -10,12 +10,11 @@ that began but has no result is answered with an error saying so, never run a se
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from ..config import Settings
 from ..ids import new_id
@@ -23,6 +22,8 @@ from ..models.base import BlockStart, ModelClient, ModelError, ModelRequest, Mod
 from ..pricing import price_for
 from ..schemas.events import (
     AgentCustomToolUse,
+    AgentMCPToolResult,
+    AgentMCPToolUse,
     AgentMessage,
     AgentThinking,
     AgentToolResult,
@@ -43,14 +44,15 @@ from ..store.store import Store
 from . import crashpoints
 from .compaction import Compactor
 from .context import Conversation, ToolUse, input_key, run_key
-from .policies import decide, model_tools
+from .interrupts import Interrupted, InterruptWatcher
+from .mcp import MCPOffer, MCPToolsets
+from .policies import decide, enabled_agent_tools, model_tools
 from .runlog import RunLog
 from .tools import ToolRunner
 
 __all__ = ["Harness", "Interrupted"]
 
 log = logging.getLogger("corral.harness")
-T = TypeVar("T")
 
 _ERROR_KINDS = {
     "overloaded": "model_overloaded_error",
@@ -70,10 +72,6 @@ class _ResponseIds:
     message: str
 
 
-class Interrupted(Exception):
-    """A `user.interrupt` arrived while an operation was in flight."""
-
-
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -86,14 +84,22 @@ class _Pass:
     convo: Conversation
     head: int
     log: RunLog
-    watcher: _InterruptWatcher
+    watcher: InterruptWatcher
 
 
 class Harness:
-    def __init__(self, store: Store, model: ModelClient, tools: ToolRunner, settings: Settings) -> None:
+    def __init__(
+        self,
+        store: Store,
+        model: ModelClient,
+        tools: ToolRunner,
+        settings: Settings,
+        mcp: MCPToolsets | None = None,
+    ) -> None:
         self.store = store
         self.model = model
         self.tools = tools
+        self.mcp = mcp
         self.settings = settings
         self.compactor = Compactor(model, settings)
 
@@ -103,19 +109,21 @@ class Harness:
         """Advance the session until it waits for input. Call only while holding its lease."""
         # The first pass tells the watcher where the log stands (`watcher.seen`).
         with self.store.hub.follow(session_id, 0) as channel:
-            watcher = _InterruptWatcher(self.store, session_id, channel, 0)
+            watcher = InterruptWatcher(self.store, session_id, channel, 0)
             runlog = RunLog(self.store, session_id, owner)
             try:
                 while await self._step(runlog, watcher):
                     pass
             finally:
                 watcher.close()
+                if self.mcp is not None:
+                    self.mcp.forget(session_id)
 
-    async def _load(self, runlog: RunLog, watcher: _InterruptWatcher) -> _Pass:
+    async def _load(self, runlog: RunLog, watcher: InterruptWatcher) -> _Pass:
         session = await runlog.refresh(watcher.channel.head)  # the row and the log agree
         return _Pass(session, runlog.fold(), runlog.head, runlog, watcher)
 
-    async def _step(self, runlog: RunLog, watcher: _InterruptWatcher) -> bool:
+    async def _step(self, runlog: RunLog, watcher: InterruptWatcher) -> bool:
         """Take one action; False when the session is waiting (or cannot go on)."""
         p = await self._load(runlog, watcher)
         convo, session = p.convo, p.session
@@ -169,6 +177,8 @@ class Harness:
         events: list[Event] = []
         if starts_work and p.convo.status != "running":
             events.append(SessionStatusRunning(id=new_id("event"), processed_at=_now()))
+            if any(name in self.tools.definitions for name in enabled_agent_tools(p.session.agent)):
+                await self.tools.prepare(p.session)  # returns at once (CORRAL_SANDBOX_PROVISION=eager)
         elif interrupted and not starts_work:
             last_stop = (p.convo.last_idle or {}).get("stop_reason", {}).get("type")
             if p.convo.status != "idle" or last_stop == "requires_action":
@@ -194,10 +204,14 @@ class Harness:
             events.append(SessionStatusRunning(id=new_id("event"), processed_at=_now()))
         await p.log.append(events, records=[(run_key(tool.event_id), "tool_run", {"owner": p.log.owner})])
         await crashpoints.reach("after_tool_start")
+        errors: list[Event] = []
         try:
-            result = await p.watcher.guard(
-                self.tools.run(p.session, tool.name, tool.input), lambda: self.tools.interrupt(session_id)
-            )
+            if tool.kind == "mcp" and self.mcp is not None:
+                call = self.mcp.call(p.session, tool.mcp_server or "", tool.mcp_tool or "", tool.input)
+                result, errors = await p.watcher.guard(call)
+            else:
+                run = self.tools.run(p.session, tool.name, tool.input)
+                result = await p.watcher.guard(run, lambda: self.tools.interrupt(session_id))
         except Interrupted:
             await self._append(p, [_tool_result(tool, "Interrupted by the user.", error=True)])
             return
@@ -205,18 +219,8 @@ class Harness:
             log.exception("tool %s failed in session %s", tool.name, session_id)
             await self._append(p, [_tool_result(tool, f"Tool error: {exc}", error=True)])
             return
-        done: list[Event] = []
-        if result.session_error is not None:  # the deployment failed the call (e.g. its environment recipe)
-            done.append(SessionError(id=new_id("event"), processed_at=_now(), error=result.session_error))
-        done += [
-            AgentToolResult(
-                id=new_id("event"),
-                processed_at=_now(),
-                tool_use_id=tool.event_id,
-                content=result.content,
-                is_error=result.is_error,
-            )
-        ]
+        errors += [SessionError(id=new_id("event"), processed_at=_now(), error=error) for error in result.errors]
+        done = [*errors, _result_event(tool, result.content, result.is_error)]
         await p.log.append(self._chain(p, done))
         await crashpoints.reach("after_tool_result")
 
@@ -266,13 +270,13 @@ class Harness:
         p.log.expect(after, len(events) + 1)
         return [*events, start]
 
-    def _request(self, session: Session, convo: Conversation) -> ModelRequest:
+    def _request(self, session: Session, convo: Conversation, offer: MCPOffer) -> ModelRequest:
         agent = session.agent
         return ModelRequest(
             model=agent.model.id,
             system=agent.system,
             messages=convo.context(),
-            tools=model_tools(agent, self.tools.definitions),
+            tools=model_tools(agent, self.tools.definitions, offer.definitions),
             max_tokens=self.settings.max_output_tokens,
         )
 
@@ -284,7 +288,10 @@ class Harness:
         await crashpoints.reach("after_model_start")
         ids = _ResponseIds(thinking=new_id("event"), message=new_id("event"))
         try:
-            response = await p.watcher.guard(self._stream(session_id, self._request(p.session, p.convo), ids))
+            offer = MCPOffer() if self.mcp is None else await p.watcher.guard(self.mcp.offer(p.session))
+            if offer.errors:  # a server failed to list: the model goes on without its tools
+                await self._append(p, list(offer.errors))
+            response = await p.watcher.guard(self._stream(session_id, self._request(p.session, p.convo, offer), ids))
         except Interrupted:
             await self._append(p, [_span_end(start_id, None, error=True)])
             return
@@ -292,7 +299,7 @@ class Harness:
             await self._model_failed(p, start_id, exc)
             return
         await crashpoints.reach("before_model_end")
-        await self._model_done(p, start_id, ids, response)
+        await self._model_done(p, start_id, ids, response, offer)
 
     async def _start_span(self, p: _Pass) -> SpanModelRequestStart:
         first: list[Event] = []
@@ -344,7 +351,9 @@ class Harness:
                 return item
         raise ModelError("request_failed", "the model stream ended without a response")
 
-    async def _model_done(self, p: _Pass, start_id: str, ids: _ResponseIds, response: ModelResponse) -> None:
+    async def _model_done(
+        self, p: _Pass, start_id: str, ids: _ResponseIds, response: ModelResponse, offer: MCPOffer
+    ) -> None:
         session = p.session
         now = _now()
         events: list[Event] = []
@@ -358,11 +367,24 @@ class Harness:
         for block in content:
             if block["type"] != "tool_use":
                 continue
-            decision = decide(session.agent, block["name"], block.get("input") or {})
+            decision = decide(session.agent, block["name"], block.get("input") or {}, offer.routes)
             event_id = new_id("event")
+            route = decision.route
             if decision.kind == "custom":
                 events.append(
                     AgentCustomToolUse(id=event_id, processed_at=now, name=block["name"], input=block["input"])
+                )
+            elif route is not None:
+                events.append(
+                    AgentMCPToolUse(
+                        id=event_id,
+                        processed_at=now,
+                        name=route.tool,
+                        mcp_server_name=route.server,
+                        input=block.get("input") or {},
+                        evaluated_permission=decision.permission,
+                        evaluation=decision.evaluation,
+                    )
                 )
             else:
                 events.append(
@@ -384,6 +406,7 @@ class Harness:
                     "kind": decision.kind,
                     "permission": decision.permission,
                     "deny_reason": decision.deny_reason,
+                    **({"mcp_server": route.server, "mcp_tool": route.tool} if route else {}),
                 }
             )
         events.append(_span_end(start_id, response.usage, error=False))
@@ -479,62 +502,16 @@ def _span_end(start_id: str, usage: Any, *, error: bool) -> SpanModelRequestEnd:
     )
 
 
-def _tool_result(tool: ToolUse, text: str, *, error: bool) -> AgentToolResult:
+def _tool_result(tool: ToolUse, text: str, *, error: bool) -> Event:
+    return _result_event(tool, [{"type": "text", "text": text}], error)
+
+
+def _result_event(tool: ToolUse, content: list[dict[str, Any]], is_error: bool) -> Event:
+    """`agent.mcp_tool_result` for an MCP call, `agent.tool_result` for the rest."""
+    if tool.kind == "mcp":
+        return AgentMCPToolResult(
+            id=new_id("event"), processed_at=_now(), mcp_tool_use_id=tool.event_id, content=content, is_error=is_error
+        )
     return AgentToolResult(
-        id=new_id("event"),
-        processed_at=_now(),
-        tool_use_id=tool.event_id,
-        content=[{"type": "text", "text": text}],
-        is_error=error,
+        id=new_id("event"), processed_at=_now(), tool_use_id=tool.event_id, content=content, is_error=is_error
     )
-
-
-class _InterruptWatcher:
-    """Watches the session's log for `user.interrupt` while an operation runs, and cancels it."""
-
-    def __init__(self, store: Store, session_id: str, channel: Any, head: int) -> None:
-        self.store = store
-        self.session_id = session_id
-        self.channel = channel
-        self.checked = head
-
-    def seen(self, head: int) -> None:
-        self.checked = max(self.checked, head)
-
-    async def _interrupt_arrives(self) -> None:
-        from ..store.hub import EventHub
-
-        while True:
-            await EventHub.wait(self.channel, self.checked, 3600)
-            if self.channel.closed:
-                return
-            batch = EventHub.since(self.channel, self.checked)
-            if batch is None:
-                batch = await self.store.events.read(self.session_id, after=self.checked)
-            if batch:
-                self.checked = batch[-1].seq
-                if any(e.type == "user.interrupt" for e in batch):
-                    return
-
-    async def guard(self, operation: Awaitable[T], on_interrupt: Callable[[], Awaitable[None]] | None = None) -> T:
-        """Run `operation`; raise `Interrupted` (after stopping it) if an interrupt arrives first."""
-        op = asyncio.ensure_future(operation)
-        stop = asyncio.ensure_future(self._interrupt_arrives())
-        try:
-            done, _ = await asyncio.wait({op, stop}, return_when=asyncio.FIRST_COMPLETED)
-        except BaseException:
-            op.cancel()
-            stop.cancel()
-            raise
-        if op in done:
-            stop.cancel()
-            return op.result()
-        if on_interrupt is not None:
-            await on_interrupt()
-        op.cancel()
-        with contextlib.suppress(BaseException):  # how the cancelled operation ended no longer matters
-            await op
-        raise Interrupted()
-
-    def close(self) -> None:
-        return None

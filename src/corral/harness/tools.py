@@ -18,6 +18,10 @@ class ToolRunner(Protocol):
 
     async def interrupt(self, session_id: str) -> None: ...
 
+    async def prepare(self, session: Session) -> None:
+        """A turn of a session that may use these tools starts: get ready in the background (return at once)."""
+        ...
+
     async def release(self, session_id: str) -> None:
         """The session went idle: its sandbox may be reclaimed later."""
         ...
@@ -41,6 +45,9 @@ class NoTools:
         return ToolResult.text(f"The {name} tool cannot run: {self.reason}", is_error=True)
 
     async def interrupt(self, session_id: str) -> None:
+        return None
+
+    async def prepare(self, session: Session) -> None:
         return None
 
     async def release(self, session_id: str) -> None:
@@ -78,6 +85,12 @@ class ToolRouter:
     async def interrupt(self, session_id: str) -> None:
         for runner in self.runners:
             await runner.interrupt(session_id)
+
+    async def prepare(self, session: Session) -> None:
+        for runner in self.runners:
+            prepare = getattr(runner, "prepare", None)
+            if prepare is not None:
+                await prepare(session)
 
     async def release(self, session_id: str) -> None:
         for runner in self.runners:

@@ -8,7 +8,10 @@ from the same recipe; the session's working directory lives outside the sandbox 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from corral.sandbox.credentials import CredentialBroker
 
 __all__ = [
     "FileMount",
@@ -28,13 +31,12 @@ class ToolResult:
 
     content: list[dict[str, Any]]
     is_error: bool = False
-    session_error: dict[str, Any] | None = None
-    """A `session.error` `error` object to log before the result: the failure is the deployment's (an
-    environment recipe that cannot be built), not the command's, so the user must see it too."""
+    errors: tuple[dict[str, Any], ...] = ()
+    """`session.error` objects to record before the result (e.g. a repository that could not be cloned)."""
 
     @classmethod
-    def text(cls, text: str, *, is_error: bool = False) -> ToolResult:
-        return cls(content=[{"type": "text", "text": text}], is_error=is_error)
+    def text(cls, text: str, *, is_error: bool = False, errors: tuple[dict[str, Any], ...] = ()) -> ToolResult:
+        return cls(content=[{"type": "text", "text": text}], is_error=is_error, errors=errors)
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,9 @@ class SandboxSpec:
     files: tuple[FileMount, ...] = ()
     """The session's file resources (see `mounts.py`): under /mnt they follow resource changes live; elsewhere
     they are bound when the sandbox starts. Never part of the recipe: a ready sandbox carries none."""
+    credentials: CredentialBroker | None = field(default=None, compare=False, repr=False)
+    """The session's credentials, applied by the egress proxy (`credentials.py`); its placeholders are in
+    `env`. Sandboxes with credentials are never prewarmed nor shared."""
 
 
 class SandboxUnavailable(RuntimeError):

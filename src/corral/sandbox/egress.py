@@ -8,7 +8,8 @@ started lazily by the first sandbox; per sandbox it costs one socket bind. The s
 arrives on tells the proxy which session, hence which policy, it belongs to.
 
 What the proxy speaks: `CONNECT host:port` (a tunnel, used for HTTPS: TLS is passed through, not
-inspected) and plain-HTTP requests with an absolute URI (`GET http://host/path`), forwarded one request per
+inspected, unless the session has credentials to apply to that host: then `intercept.py` terminates it)
+and plain-HTTP requests with an absolute URI (`GET http://host/path`), forwarded one request per
 connection with `Connection: close` and the `Host` header set from the URI. Anything else gets a 400.
 
 Decisions, in order (see `EgressPolicy.refusal` and `EgressProxy._connect`):
@@ -35,12 +36,17 @@ import os
 import re
 import shutil
 import socket
+import ssl
 import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from corral.sandbox.credentials import CredentialBroker
+    from corral.sandbox.tls import CertificateAuthority
 
 __all__ = [
     "FORWARDER_PORT",
@@ -302,11 +308,20 @@ def parse_head(head: bytes) -> _Request:
 class EgressListener:
     """One sandbox's socket on the proxy; `close()` when the sandbox goes away."""
 
-    def __init__(self, proxy: EgressProxy, session_id: str, policy: EgressPolicy, path: str) -> None:
+    def __init__(
+        self,
+        proxy: EgressProxy,
+        session_id: str,
+        policy: EgressPolicy,
+        path: str,
+        broker: CredentialBroker | None = None,
+    ) -> None:
         self.proxy = proxy
         self.session_id = session_id
         self.policy = policy
         self.path = path
+        self.broker = broker
+        """The session's credentials (None: nothing to add, every tunnel stays opaque)."""
         self.server: asyncio.AbstractServer | None = None
         self.connections: set[asyncio.StreamWriter] = set()
         self.tasks: set[asyncio.Task[Any]] = set()
@@ -334,7 +349,15 @@ class EgressProxy:
         connect_timeout: float = 10.0,
         max_connections: int = 256,
         runtime_dir: str | None = None,
+        ca: CertificateAuthority | None = None,
+        upstream_ca_file: str | None = None,
     ) -> None:
+        """`ca`: the installation's CA, needed to intercept connections that carry credentials (None: no
+        interception, so no credentials); `upstream_ca_file`: PEM certificates trusted for upstream servers
+        besides the system store."""
+        self.ca = ca
+        self.upstream_ca_file = upstream_ca_file
+        self._upstream_context: ssl.SSLContext | None = None
         self.allowed_networks = [ipaddress.ip_network(n) for n in allowed_networks]
         """Non-global networks the proxy may connect to anyway (loopback, private, ... are refused otherwise)."""
         self.connect_timeout = connect_timeout
@@ -356,10 +379,17 @@ class EgressProxy:
             os.chmod(self._dir, 0o711)
         return self._dir
 
-    async def open(self, session_id: str, policy: EgressPolicy, *, uid: int | None = None) -> EgressListener:
+    async def open(
+        self,
+        session_id: str,
+        policy: EgressPolicy,
+        *,
+        uid: int | None = None,
+        broker: CredentialBroker | None = None,
+    ) -> EgressListener:
         """A new socket for one sandbox, owned by `uid` (the sandbox's host uid, when it has its own)."""
         path = os.path.join(self._runtime_dir(), os.urandom(8).hex() + ".sock")
-        listener = EgressListener(self, session_id, policy, path)
+        listener = EgressListener(self, session_id, policy, path, broker)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.bind(path)
@@ -430,6 +460,11 @@ class EgressProxy:
             if refusal is not None:
                 log.info("egress %s: refused %s %s: %s", listener.session_id, request.method, request.host, refusal)
                 raise Refused(403, f"Forbidden by corral egress policy: {request.host} not allowed", refusal)
+            if request.method == "CONNECT" and await self._intercepts(listener, request):
+                from corral.sandbox.intercept import intercept_connect  # only sessions with credentials need it
+
+                await intercept_connect(self, listener, request, reader, writer)
+                return
             up_reader, upstream = await self._connect(request.host, request.port)
             log.debug("egress %s: %s %s:%d", listener.session_id, request.method, request.host, request.port)
             if request.method == "CONNECT":
@@ -452,6 +487,27 @@ class EgressProxy:
             for w in (writer, upstream):
                 if w is not None:
                     w.close()
+
+    async def _intercepts(self, listener: EgressListener, request: _Request) -> bool:
+        if listener.broker is None or self.ca is None:
+            return False
+        try:
+            creds = await listener.broker.credentials()
+        except Exception as e:
+            log.exception("egress %s: cannot read the session's credentials", listener.session_id)
+            detail = f"the session's credentials could not be read ({e})"
+            raise Refused(502, "Session credentials unavailable", detail) from None
+        return creds.intercepts(request.host, request.port)
+
+    def upstream_context(self) -> ssl.SSLContext:
+        """How intercepted connections verify the real server: system trust store plus `upstream_ca_file`."""
+        if self._upstream_context is None:
+            context = ssl.create_default_context()
+            if self.upstream_ca_file:
+                context.load_verify_locations(cafile=self.upstream_ca_file)
+            context.set_alpn_protocols(["http/1.1"])
+            self._upstream_context = context
+        return self._upstream_context
 
     async def _connect(self, host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """Resolve `host`, drop the addresses the proxy never connects to, connect to the first that answers."""

@@ -175,7 +175,11 @@ class Helper:
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
         self.calls: queue.Queue = queue.Queue()
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "CORRAL_"))}
+        self.env = {  # never a server variable; a vault credential's placeholder may have any name
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("ANTHROPIC_", "CORRAL_")) or v.startswith("corral_placeholder_")
+        }
         self.env.update(PS1="", PS2="", TERM="dumb")
 
     # -- plumbing --------------------------------------------------------------------------------

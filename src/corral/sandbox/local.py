@@ -16,8 +16,9 @@ Networking: every sandbox keeps `--unshare-net` (its own loopback, nothing else)
 host-side proxy bound read-only at /run/corral/proxy.sock, the helper's forwarder thread listening on
 127.0.0.1:3128, and HTTP(S)_PROXY/http(s)_proxy/NO_PROXY pointing there; the proxy applies
 `spec.networking` (`unrestricted`, or `limited`: allowed_hosts, package registries, MCP servers) and never
-reaches host-local addresses. See `egress.py`. Per sandbox this costs one socket bind on the host and
-~0.3 ms in the helper.
+reaches host-local addresses. See `egress.py`. When the proxy has a CA (`tls.py`), the sandbox trusts it
+(`ca_files`, `CA_ENV`), so the proxy can terminate TLS for hosts the session has credentials for. Per
+sandbox this costs one socket bind on the host and ~0.3 ms in the helper.
 
 Binds beyond the system files come from `mounts.session_mounts(spec)` (workspace, /mnt tree, outputs,
 the recipe template, file resources): the same list any backend binds. Not done yet: a seccomp filter.
@@ -27,56 +28,47 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import os
 import shutil
 import signal
 import subprocess
-import zlib
 from dataclasses import dataclass
-from pathlib import Path
 
 from corral.sandbox import cgroups
 from corral.sandbox.base import Mount, SandboxSpec, SandboxUnavailable
-from corral.sandbox.channel import HELPER_PATH, STREAM_LIMIT, HelperSandbox
-from corral.sandbox.egress import (
-    FORWARDER_PORT,
-    SANDBOX_PROXY_SOCKET,
-    EgressListener,
-    EgressPolicy,
-    EgressProxy,
-    proxy_env,
-)
+from corral.sandbox.channel import STREAM_LIMIT, HelperSandbox
+from corral.sandbox.egress import SANDBOX_PROXY_SOCKET, EgressListener, EgressProxy
 from corral.sandbox.limits import SandboxLimits, apply_rlimits, rlimit_plan
-from corral.sandbox.mounts import DEFAULT_PATH, WORKSPACE, home_of, prepare_tree, session_mounts
-
-__all__ = ["BwrapSandbox", "IsolationReport", "check_isolation", "prepare_workdir"]
-
-SANDBOX_UID = 1000
-UID_BASE = 200_000
-UID_COUNT = 100_000
-DEFAULT_PYTHON = "/usr/bin/python3"
-ETC_FILES = (
-    "alternatives",
-    "ld.so.cache",
-    "ld.so.conf",
-    "ld.so.conf.d",
-    "ssl",
-    "ca-certificates",
-    "localtime",
-    "nsswitch.conf",
-    "protocols",
-    "services",
+from corral.sandbox.provision import (  # shared with the gVisor backend; re-exported for callers
+    DEFAULT_PYTHON,
+    ETC_FILES,
+    GENERATED,
+    SANDBOX_UID,
+    UID_BASE,
+    UID_COUNT,
+    WORKSPACE,
+    default_host_uid,
+    helper_command,
+    helper_sources,
+    open_egress,
+    prepare_mounts,
+    prepare_workdir,
+    require_python,
+    resolved_mounts,
+    sandbox_env,
+    trusted_files,
 )
-SCRUBBED_PREFIXES = ("ANTHROPIC_", "CORRAL_")
-GENERATED = {
-    "/etc/passwd": b"root:x:0:0:root:/root:/usr/sbin/nologin\n"
-    b"agent:x:1000:1000:agent:/workspace:/bin/bash\n"
-    b"nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
-    "/etc/group": b"root:x:0:\nagent:x:1000:\nnogroup:x:65534:\n",
-    "/etc/hosts": b"127.0.0.1\tlocalhost\n127.0.1.1\tsbx\n::1\tlocalhost ip6-localhost ip6-loopback\n",
-    "/etc/hostname": b"sbx\n",
-}
+
+__all__ = [
+    "UID_BASE",
+    "UID_COUNT",
+    "BwrapSandbox",
+    "IsolationReport",
+    "check_isolation",
+    "default_host_uid",
+    "prepare_workdir",
+    "sandbox_env",
+]
 
 
 def find_bwrap() -> str:
@@ -87,30 +79,6 @@ def find_bwrap() -> str:
             "or choose `--sandbox unsafe-no-isolation` to run tools without any isolation"
         )
     return path
-
-
-def default_host_uid(session_id: str) -> int:
-    """A stable uid for callers without a pool (the pool hands out unique ones instead)."""
-    return UID_BASE + zlib.crc32(session_id.encode()) % UID_COUNT
-
-
-def sandbox_env(spec: SandboxSpec, *, proxy: bool = False) -> dict[str, str]:
-    env = {
-        "PATH": DEFAULT_PATH,
-        "HOME": WORKSPACE,
-        "USER": "agent",
-        "LOGNAME": "agent",
-        "SHELL": "/bin/bash",
-        "LANG": "C.UTF-8",
-        "TMPDIR": "/tmp",
-    }
-    if proxy:
-        env.update(proxy_env(FORWARDER_PORT))
-    for key, value in spec.env.items():
-        if not key or "=" in key or "\0" in key + value or key.startswith(SCRUBBED_PREFIXES):
-            continue
-        env[key] = value
-    return env
 
 
 def bwrap_argv(
@@ -175,39 +143,6 @@ def _memfd(name: str, data: bytes) -> int:
     return fd
 
 
-def prepare_workdir(workdir: str, uid: int | None) -> None:
-    """Create the workdir; when sandboxes get their own uid, hand it (recursively) to `uid`.
-
-    bwrap then runs as `uid` and resolves the bind source itself, so every ancestor must be searchable by
-    "other" (x bit); we say so instead of letting bwrap fail with a bare "Permission denied".
-    """
-    path = Path(workdir)
-    path.mkdir(parents=True, exist_ok=True)
-    if uid is None:
-        return
-    for parent in path.resolve().parents:
-        if not os.stat(parent).st_mode & 0o001:
-            raise SandboxUnavailable(
-                f"{parent} is not searchable by other users (mode {os.stat(parent).st_mode & 0o777:o}); "
-                f"sandboxes run as their own uid and cannot reach {workdir}. Put the data directory "
-                "somewhere world-searchable (e.g. /var/lib/corral) or chmod o+x the parents."
-            )
-    if os.lstat(path).st_uid != uid:
-        os.lchown(path, uid, uid)
-        for root, dirs, files in os.walk(path):  # never follows symlinks the agent may have planted
-            for name in dirs + files:
-                os.lchown(os.path.join(root, name), uid, uid)
-    os.chmod(path, 0o700)
-
-
-def prepare_mounts(spec: SandboxSpec, mounts: list[Mount], uid: int | None) -> None:
-    """The session's /mnt tree, and every read-write bind handed to `uid` (see `prepare_workdir`)."""
-    prepare_tree(home_of(spec))
-    for mount in mounts:
-        if not mount.readonly:
-            prepare_workdir(mount.host, uid)
-
-
 class BwrapSandbox(HelperSandbox):
     """One session's bubblewrap sandbox. Create with `await BwrapSandbox.start(spec)`."""
 
@@ -244,28 +179,16 @@ class BwrapSandbox(HelperSandbox):
             raise ValueError("SandboxSpec.workdir is required (SandboxPool fills it in)")
         limits = limits or SandboxLimits()
         bwrap = find_bwrap()
-        if not os.access(python, os.X_OK):
-            raise SandboxUnavailable(
-                f"{python} not found: the sandbox runs its tool helper with the "
-                "image's own python3 (apt-get install python3-minimal)"
-            )
+        require_python(python)
         root = os.geteuid() == 0
         uid = (host_uid if host_uid is not None else default_host_uid(spec.session_id)) if root else None
-        mounts = [dataclasses.replace(m, host=os.path.realpath(m.host)) for m in session_mounts(spec)]
+        mounts = resolved_mounts(spec)
         await asyncio.to_thread(prepare_mounts, spec, mounts, uid)
-        command = [python, "-I", "-S", "/sbx/helper.py", "--workdir", WORKSPACE]
-        command += ["--output-limit", str(limits.output_bytes), "--timeout", str(limits.call_timeout)]
-        listener: EgressListener | None = None
-        sockets: dict[str, str] = {}
-        if egress is not None:
-            policy = EgressPolicy.from_networking(spec.networking, spec.mcp_server_urls)
-            try:
-                listener = await egress.open(spec.session_id, policy, uid=uid)
-            except OSError as e:
-                raise SandboxUnavailable(f"could not open the sandbox's egress proxy socket: {e}") from e
-            sockets[SANDBOX_PROXY_SOCKET] = listener.path
-            command += ["--proxy-socket", SANDBOX_PROXY_SOCKET, "--proxy-port", str(FORWARDER_PORT)]
+        listener = await open_egress(egress, spec, uid)
+        command = helper_command(python, limits, proxy=listener is not None)
+        sockets = {SANDBOX_PROXY_SOCKET: listener.path} if listener is not None else {}
         try:
+            trusted = await trusted_files(egress)
             cgroup = await asyncio.to_thread(cgroups.Cgroup.create, limits)
         except BaseException:
             if listener is not None:
@@ -276,9 +199,11 @@ class BwrapSandbox(HelperSandbox):
         try:
             for dest, data in GENERATED.items():
                 files[dest] = _memfd(dest.rsplit("/", 1)[1], data)
-            for name in ("helper.py", "helper_files.py", "helper_net.py"):
-                files[f"/sbx/{name}"] = _memfd(name, (Path(HELPER_PATH).parent / name).read_bytes())
-            env = sandbox_env(spec, proxy=listener is not None)
+            for dest, data in helper_sources().items():
+                files[dest] = _memfd(dest.rsplit("/", 1)[1], data)
+            for dest, data in trusted.items():
+                files[dest] = _memfd(dest.rsplit("/", 1)[1], data)
+            env = sandbox_env(spec, proxy=listener is not None, ca=bool(trusted))
             argv = bwrap_argv(bwrap, limits, env, mounts, files, command, sockets=sockets)
             join_fds = cgroup.open_join_fds() if cgroup else []
 

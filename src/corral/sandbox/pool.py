@@ -34,6 +34,7 @@ from typing import Literal
 
 from corral.sandbox.base import Mount, Sandbox, SandboxSpec
 from corral.sandbox.egress import EgressProxy
+from corral.sandbox.gvisor import GvisorSandbox
 from corral.sandbox.limits import SandboxLimits
 from corral.sandbox.local import UID_BASE, UID_COUNT, BwrapSandbox, IsolationReport, check_isolation
 from corral.sandbox.mounts import bound_files
@@ -44,7 +45,7 @@ __all__ = ["Backend", "IsolationReport", "SandboxPool", "check_isolation", "sess
 
 log = logging.getLogger(__name__)
 
-Backend = Literal["bwrap", "unsafe"]
+Backend = Literal["bwrap", "gvisor", "unsafe"]
 _SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
 
@@ -87,7 +88,8 @@ MAX_WARM_RECIPES = 4
 
 def recipe_key(spec: SandboxSpec) -> str:
     """What makes two sandboxes interchangeable before a session's files are in them."""
-    fields = dataclasses.asdict(spec)
+    fields = dataclasses.asdict(dataclasses.replace(spec, credentials=None))
+    fields.pop("credentials")
     fields.pop("session_id")
     fields.pop("workdir")
     fields.pop("files")  # the session's own: a ready sandbox has none, they are added after adoption
@@ -109,14 +111,17 @@ class SandboxPool:
         egress: EgressProxy | bool = True,
         prewarm: int = 0,
         templates: Templates | None = None,
+        runsc: str | None = None,
     ) -> None:
         """`egress`: the proxy that carries the sandboxes' traffic (True: a default one, started with the
         first sandbox; False: sandboxes get no network at all, whatever their environment says).
-        `templates`: where environment recipes are built (default `root_dir/templates`, public registries)."""
-        if backend not in ("bwrap", "unsafe"):
-            raise ValueError(f"unknown sandbox backend {backend!r} (expected 'bwrap' or 'unsafe')")
+        `templates`: where environment recipes are built (default `root_dir/templates`, public registries).
+        `runsc`: the gVisor binary for the `gvisor` backend (None: found on PATH)."""
+        if backend not in ("bwrap", "gvisor", "unsafe"):
+            raise ValueError(f"unknown sandbox backend {backend!r} (expected 'bwrap', 'gvisor' or 'unsafe')")
         self.root_dir = Path(root_dir).resolve()
         self.backend: Backend = backend
+        self.runsc = runsc
         self.limits = limits or SandboxLimits()
         self.idle_seconds = idle_seconds
         self._uid_range = range(uid_base, uid_base + uid_count)
@@ -124,14 +129,14 @@ class SandboxPool:
         self._entries: dict[str, _Entry] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._closed = False
-        self.prewarm = prewarm if backend == "bwrap" else 0
-        """Started sandboxes kept ready per recently used recipe (0: none; only for bubblewrap)."""
+        self.prewarm = prewarm if backend != "unsafe" else 0
+        """Started sandboxes kept ready per recently used recipe (0: none; not for the unsafe backend)."""
         self._warm: dict[str, list[_Warm]] = {}
         self._filling: dict[str, asyncio.Task[None]] = {}
         self._discarding: set[asyncio.Task[None]] = set()
         self.egress: EgressProxy | None = EgressProxy() if egress is True else egress or None
         self.templates = templates or Templates(self.root_dir / "templates")
-        self.templates.binds = backend == "bwrap"
+        self.templates.binds = backend != "unsafe"
 
     def workdir_for(self, session_id: str) -> Path:
         return session_dir(self.root_dir, session_id) / "workspace"
@@ -170,7 +175,7 @@ class SandboxPool:
 
     def _adopt(self, spec: SandboxSpec) -> Sandbox | None:
         """A ready sandbox of this recipe, moved to the new session (None if none fits)."""
-        if not self.prewarm or spec.workdir or bound_files(spec.files):
+        if not self.prewarm or spec.workdir or bound_files(spec.files) or spec.credentials is not None:
             return None
         target = session_dir(self.root_dir, spec.session_id)
         slots = self._warm.get(recipe_key(spec), [])
@@ -198,8 +203,8 @@ class SandboxPool:
 
     def _refill(self, spec: SandboxSpec) -> None:
         """Top up the ready sandboxes of `spec`'s recipe in the background."""
-        if not self.prewarm or self._closed:
-            return
+        if not self.prewarm or self._closed or spec.credentials is not None:
+            return  # a session's credentials are its own: no sandbox is started ahead with them
         key = recipe_key(spec)
         self._warm[key] = self._warm.pop(key, [])  # most recently used last
         while len(self._warm) > MAX_WARM_RECIPES:
@@ -264,6 +269,8 @@ class SandboxPool:
             return await UnsafeSandbox.start(spec, self.limits)
         await asyncio.to_thread(self._make_dirs, Path(spec.workdir).parent)
         uid = self._uid_for(spec.session_id, Path(spec.workdir)) if os.geteuid() == 0 else None
+        if self.backend == "gvisor":
+            return await GvisorSandbox.start(spec, self.limits, host_uid=uid, egress=self.egress, runsc=self.runsc)
         return await BwrapSandbox.start(spec, self.limits, host_uid=uid, egress=self.egress)
 
     def _make_dirs(self, session_dir: Path) -> None:

@@ -18,6 +18,8 @@ from .content import AgentMessageBlock, ResultBlock, TextBlock, UserMessageBlock
 __all__ = [
     "EVENT_TYPES",
     "AgentCustomToolUse",
+    "AgentMCPToolResult",
+    "AgentMCPToolUse",
     "AgentMessage",
     "AgentThinking",
     "AgentThreadContextCompacted",
@@ -134,6 +136,25 @@ class AgentCustomToolUse(Event):
     session_thread_id: str | None = Field(default=None, description="Thread that made the call.")
 
 
+class AgentMCPToolUse(Event):
+    type: Literal["agent.mcp_tool_use"] = "agent.mcp_tool_use"
+    name: str = Field(description="Tool name as the MCP server reports it.")
+    mcp_server_name: str = Field(description="Name of the agent's MCP server that has the tool.")
+    input: dict[str, Any] = Field(description="Tool input as the model wrote it.")
+    evaluated_permission: Literal["allow", "ask", "deny"] | None = Field(
+        default=None, description="What the permission policy decided."
+    )
+    evaluation: dict[str, Any] | None = Field(default=None, description="Which policy decided it.")
+    session_thread_id: str | None = Field(default=None, description="Thread that made the call.")
+
+
+class AgentMCPToolResult(Event):
+    type: Literal["agent.mcp_tool_result"] = "agent.mcp_tool_result"
+    mcp_tool_use_id: str = Field(description="Id of the `agent.mcp_tool_use` event.")
+    content: list[ResultBlock] | None = Field(default=None, description="What the MCP server returned.")
+    is_error: bool | None = Field(default=None, description="Whether the call failed.")
+
+
 class AgentThreadContextCompacted(Event):
     type: Literal["agent.thread_context_compacted"] = "agent.thread_context_compacted"
 
@@ -214,6 +235,8 @@ AnyEvent = Annotated[
     | AgentToolUse
     | AgentToolResult
     | AgentCustomToolUse
+    | AgentMCPToolUse
+    | AgentMCPToolResult
     | AgentThreadContextCompacted
     | SessionStatusRunning
     | SessionStatusIdle

@@ -198,6 +198,13 @@ class MCPToolset(Response):
     default_config: DefaultConfig
     configs: list[MCPToolConfig]
 
+    def effective(self, name: str) -> tuple[bool, dict[str, Any]]:
+        """(enabled, policy) of one of the server's tools: its own config, else the toolset default."""
+        for config in self.configs:
+            if config.name == name:
+                return config.enabled, config.permission_policy.model_dump()
+        return self.default_config.enabled, self.default_config.permission_policy.model_dump()
+
 
 class CustomTool(Response):
     type: Literal["custom"] = "custom"

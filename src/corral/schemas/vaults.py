@@ -18,6 +18,7 @@ __all__ = [
     "Credential",
     "CredentialCreate",
     "CredentialUpdate",
+    "CredentialValidation",
     "EnvironmentVariableAuth",
     "MCPOAuthAuth",
     "StaticBearerAuth",
@@ -110,6 +111,34 @@ class Credential(Response):
     created_at: Timestamp
     updated_at: Timestamp
     archived_at: Timestamp | None = None
+
+
+class HTTPResponseCapture(Response):
+    status_code: int
+    content_type: str
+    body: str
+    body_truncated: bool
+
+
+class MCPProbe(Response):
+    method: str
+    http_response: HTTPResponseCapture | None = None
+
+
+class RefreshOutcome(Response):
+    status: Literal["succeeded", "failed", "connect_error", "no_refresh_token"]
+    http_response: HTTPResponseCapture | None = None
+
+
+class CredentialValidation(Response):
+    type: Literal["vault_credential_validation"] = "vault_credential_validation"
+    credential_id: str
+    vault_id: str
+    status: Literal["valid", "invalid", "unknown"]
+    has_refresh_token: bool
+    validated_at: Timestamp
+    mcp_probe: MCPProbe | None = None
+    refresh: RefreshOutcome | None = None
 
 
 # ---- checks ---------------------------------------------------------------------------------------

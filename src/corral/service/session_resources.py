@@ -1,15 +1,20 @@
-"""Session resources: `file` resources (an uploaded file at a mount path) added at create or later.
+"""Session resources: `file` resources (an uploaded file at a mount path) and `github_repository`
+resources (a git repository cloned into the sandbox), added at create or later.
 
-They are stored with the session and returned in its `resources`; mounting them into the sandbox is the
-sandbox's business. `github_repository` and `memory_store` resources are refused as not supported yet.
+They are stored with the session and returned in its `resources`; mounting and cloning are the sandbox's
+business (`sandbox/git.py` clones repositories when a sandbox is provisioned). A repository's
+`authorization_token` is encrypted with the vault keys and stored apart (`SessionResourceRepo.put_secret`);
+the resource update route replaces it, and the egress proxy reads it for every request to the repository.
+`memory_store` resources are refused as not supported yet.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
 from ..errors import Conflict, InvalidRequest, NotFound
 from ..ids import new_id
@@ -19,13 +24,23 @@ from ..schemas.session_resources import (
     RESOURCE_TYPES,
     FileResource,
     FileResourceParams,
+    GitHubRepositoryResource,
+    GitHubRepositoryResourceParams,
     default_mount_path,
+    default_repository_path,
     paths_overlap,
 )
 from ..store.pages import Cursor, Page
 from ..store.session_resources import SessionState
 from ..store.store import Store
+from ..vault.crypto import SecretBox
 from .files import FileExpired
+
+BoxSource = Callable[[], Awaitable[SecretBox]]
+"""The vault keys, asked for only when a repository token must be encrypted."""
+Resource = FileResource | GitHubRepositoryResource
+Token = tuple[str, str, SecretStr]
+"""(resource id, repository url, token) still to be encrypted and stored."""
 
 __all__ = [
     "add_resource",
@@ -70,16 +85,56 @@ def _check_room(resources: list[dict[str, Any]], new: dict[str, Any]) -> None:
 
 def _unsupported(kind: Any, where: str) -> InvalidRequest:
     if kind in RESOURCE_TYPES:
-        return InvalidRequest(f"{where}: {kind} session resources are not supported yet (only file)")
+        return InvalidRequest(
+            f"{where}: {kind} session resources are not supported yet (only file and github_repository)"
+        )
     return InvalidRequest(f"{where}.type: must be one of {', '.join(RESOURCE_TYPES)}")
 
 
-def _params(raw: Any, where: str) -> FileResourceParams:
+def _new_repository(params: GitHubRepositoryResourceParams, now: datetime) -> tuple[dict[str, Any], Token | None]:
+    resource = GitHubRepositoryResource(
+        id=new_id("resource"),
+        url=params.url,
+        mount_path=params.mount_path or default_repository_path(params.url),
+        checkout=params.checkout,
+        created_at=now,
+        updated_at=now,
+    )
+    token = (resource.id, resource.url, params.authorization_token) if params.authorization_token else None
+    return resource.model_dump(mode="json"), token
+
+
+async def _new(store: Store, raw: Any, where: str, now: datetime) -> tuple[dict[str, Any], Token | None]:
+    params = _params(raw, where)
+    if isinstance(params, GitHubRepositoryResourceParams):
+        return _new_repository(params, now)
+    return await _new_file_resource(store, params, now), None
+
+
+async def _store_tokens(store: Store, box: BoxSource | None, session_id: str, tokens: list[Token]) -> None:
+    if not tokens:
+        return
+    if box is None:
+        raise InvalidRequest("repository authorization tokens cannot be stored here (no secret keys)")
+    keys = await box()
+    for resource_id, url, token in tokens:
+        secret = keys.encrypt({"authorization_token": token.get_secret_value()})
+        await store.session_resources.put_secret(session_id, resource_id, url, secret)
+
+
+def _resource(raw: dict[str, Any]) -> Resource:
+    if raw.get("type") == "github_repository":
+        return GitHubRepositoryResource.model_validate(raw)
+    return FileResource.model_validate(raw)
+
+
+def _params(raw: Any, where: str) -> FileResourceParams | GitHubRepositoryResourceParams:
     kind = raw.get("type") if isinstance(raw, dict) else None
-    if kind != "file":
+    if kind not in ("file", "github_repository"):
         raise _unsupported(kind, where)
+    model = FileResourceParams if kind == "file" else GitHubRepositoryResourceParams
     try:
-        return FileResourceParams.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as exc:
         problems = []
         for error in exc.errors()[:5]:
@@ -89,14 +144,20 @@ def _params(raw: Any, where: str) -> FileResourceParams:
         raise InvalidRequest("; ".join(problems)) from None
 
 
-async def resources_at_create(store: Store, raw: list[Any]) -> list[dict[str, Any]]:
-    """Validate `resources` of a session create; returns the resource objects to store."""
+async def resources_at_create(
+    store: Store, raw: list[Any], session_id: str, box: BoxSource | None = None
+) -> list[dict[str, Any]]:
+    """Validate `resources` of a session create; stores the repository tokens (before the session, so a
+    session never exists without them) and returns the resource objects to store with the session."""
     now = datetime.now(UTC)
     resources: list[dict[str, Any]] = []
+    tokens: list[Token] = []
     for i, item in enumerate(raw):
-        new = await _new_file_resource(store, _params(item, f"resources[{i}]"), now)
+        new, token = await _new(store, item, f"resources[{i}]", now)
         _check_room(resources, new)
         resources.append(new)
+        tokens += [token] if token else []
+    await _store_tokens(store, box, session_id, tokens)
     return resources
 
 
@@ -109,34 +170,61 @@ def _check_open(state: SessionState, session_id: str) -> None:
         )
 
 
-async def add_resource(store: Store, session_id: str, body: Any) -> FileResource:
+async def add_resource(store: Store, session_id: str, body: Any, box: BoxSource | None = None) -> Resource:
     await store.sessions.get(session_id)  # unknown session: 404 before looking at the file
-    new = await _new_file_resource(store, _params(body, "body"), datetime.now(UTC))
+    new, token = await _new(store, body, "body", datetime.now(UTC))
 
     def add(state: SessionState, resources: list[dict[str, Any]]) -> None:
         _check_open(state, session_id)
         _check_room(resources, new)
         resources.append(new)
 
-    await store.session_resources.change(session_id, add)
-    return FileResource.model_validate(new)
+    if token:  # before the resource, so a clone never runs without it
+        await _store_tokens(store, box, session_id, [token])
+    try:
+        await store.session_resources.change(session_id, add)
+    except Exception:
+        if token:
+            await store.session_resources.drop_secret(new["id"])
+        raise
+    return _resource(new)
 
 
-async def get_resource(store: Store, session_id: str, resource_id: str) -> FileResource:
+async def get_resource(store: Store, session_id: str, resource_id: str) -> Resource:
     session = await store.sessions.get(session_id)
     for resource in session.resources:
         if resource.get("id") == resource_id:
-            return FileResource.model_validate(resource)
+            return _resource(resource)
     raise NotFound("session resource", resource_id)
 
 
-async def update_resource(store: Store, session_id: str, resource_id: str) -> FileResource:
-    """Only `github_repository` resources take a new `authorization_token`; corral stores none of those."""
+async def update_resource(
+    store: Store, session_id: str, resource_id: str, token: SecretStr, box: BoxSource | None = None
+) -> Resource:
+    """A new `authorization_token` for a `github_repository` resource; the next git request uses it."""
     resource = await get_resource(store, session_id, resource_id)
-    raise InvalidRequest(
-        f"resource {resource.id} is a {resource.type} resource; only github_repository resources "
-        "support authorization_token rotation"
-    )
+    if not isinstance(resource, GitHubRepositoryResource):
+        raise InvalidRequest(
+            f"resource {resource.id} is a {resource.type} resource; only github_repository resources "
+            "support authorization_token rotation"
+        )
+    now = datetime.now(UTC)
+    updated: dict[str, Any] = {}
+
+    def touch(state: SessionState, resources: list[dict[str, Any]]) -> None:
+        _check_open(state, session_id)
+        for i, raw in enumerate(resources):
+            if raw.get("id") == resource_id:
+                resources[i] = GitHubRepositoryResource.model_validate({**raw, "updated_at": now}).model_dump(
+                    mode="json"
+                )
+                updated.update(resources[i])
+                return
+        raise NotFound("session resource", resource_id)
+
+    await _store_tokens(store, box, session_id, [(resource.id, resource.url, token)])
+    await store.session_resources.change(session_id, touch)
+    return _resource(updated)
 
 
 async def delete_resource(store: Store, session_id: str, resource_id: str) -> None:
@@ -148,6 +236,7 @@ async def delete_resource(store: Store, session_id: str, resource_id: str) -> No
         raise NotFound("session resource", resource_id)
 
     await store.session_resources.change(session_id, delete)
+    await store.session_resources.drop_secret(resource_id)
 
 
 async def list_resources(store: Store, session_id: str, *, limit: int | None, page: str | None) -> Page:
@@ -163,4 +252,4 @@ async def list_resources(store: Store, session_id: str, *, limit: int | None, pa
     taken = keyed if limit is None else keyed[:limit]
     more = limit is not None and len(keyed) > limit
     next_page = Cursor(taken[-1][0], taken[-1][1], "asc").encode() if more and taken else None
-    return Page(rows=[FileResource.model_validate(k[2]) for k in taken], next_page=next_page)
+    return Page(rows=[_resource(k[2]) for k in taken], next_page=next_page)

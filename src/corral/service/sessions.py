@@ -13,7 +13,7 @@ from ..schemas.events import Event, SessionStatusTerminated, SessionUpdated, per
 from ..schemas.sessions import AgentWithOverrides, Budget, Session, SessionAgent, SessionCreate, SessionUpdate
 from ..store.store import Store
 from .agents import _tools, resolve_skills
-from .session_resources import resources_at_create
+from .session_resources import BoxSource, resources_at_create
 from .vaults import check_session_vaults
 
 __all__ = ["archive_session", "create_session", "delete_session", "send_events", "update_session"]
@@ -59,7 +59,8 @@ def _apply_overrides(snapshot: SessionAgent, ref: AgentWithOverrides) -> Session
     return updated
 
 
-async def create_session(store: Store, params: SessionCreate) -> Session:
+async def create_session(store: Store, params: SessionCreate, box: BoxSource | None = None) -> Session:
+    """`box`: the vault keys, asked for only to encrypt repository resources' tokens."""
     agent = await _agent_snapshot(store, params.agent)
     environment = await store.environments.get(params.environment_id)
     if environment.archived_at is not None:
@@ -67,15 +68,17 @@ async def create_session(store: Store, params: SessionCreate) -> Session:
             f"environment {environment.id} is archived and cannot start sessions", code="environment_archived"
         )
     vault_ids = await check_session_vaults(store, params.vault_ids or [])
-    resources = await resources_at_create(store, params.resources or [])
     now = datetime.now(UTC)
     initial: list[Event] = []
     for event in params.initial_events or []:
         if event.type == "user.define_outcome":
             raise InvalidRequest("user.define_outcome (outcomes) is not supported yet")
         initial.append(persist_params(event, new_id("event"), now))
+    session_id = new_id("session")
+    # last of the checks: it stores the repository tokens, which must not outlive a refused create
+    resources = await resources_at_create(store, params.resources or [], session_id, box)
     session = Session(
-        id=new_id("session"),
+        id=session_id,
         title=params.title,
         status="idle",
         environment_id=environment.id,
@@ -87,7 +90,13 @@ async def create_session(store: Store, params: SessionCreate) -> Session:
         created_at=now,
         updated_at=now,
     )
-    return await store.sessions.create(session, initial)
+    try:
+        return await store.sessions.create(session, initial)
+    except BaseException:
+        for resource in resources:
+            if resource.get("type") == "github_repository":
+                await store.session_resources.drop_secret(resource["id"])
+        raise
 
 
 async def update_session(store: Store, session_id: str, params: SessionUpdate) -> Session:

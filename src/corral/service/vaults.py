@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from ..errors import InvalidRequest
 from ..ids import new_id
@@ -82,11 +83,17 @@ async def reencrypt_secrets(store: Store, box: SecretBox, batch: int = 200) -> R
     (which writes under the first key of its own process) is never overwritten; such a row is read
     again. Secrets no configured key can decrypt are reported in `failed` and left as they are."""
     report = RotationReport()
+    for repo in (store.credentials, store.session_resources):  # vault credentials, repository tokens
+        await _reencrypt(repo, box, batch, report)
+    return report
+
+
+async def _reencrypt(repo: Any, box: SecretBox, batch: int, report: RotationReport) -> None:
     after = ""
     while True:
-        rows = await store.credentials.secrets_after(after, batch)
+        rows = await repo.secrets_after(after, batch)
         if not rows:
-            return report
+            return
         for credential_id, token in rows:
             while token is not None:
                 if box.is_current(token):
@@ -97,8 +104,8 @@ async def reencrypt_secrets(store: Store, box: SecretBox, batch: int = 200) -> R
                 except UndecryptableSecret:
                     report.failed.append(credential_id)
                     break
-                if await store.credentials.swap_secret(credential_id, token, fresh):
+                if await repo.swap_secret(credential_id, token, fresh):
                     report.rotated += 1
                     break
-                token = await store.credentials.secret_of(credential_id)
+                token = await repo.secret_of(credential_id)
         after = rows[-1][0]

@@ -168,7 +168,9 @@ class Database:
             dsn = self.write_engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
 
             async def make() -> asyncpg.Pool:
-                return await asyncpg.create_pool(dsn, min_size=1, max_size=10, max_inactive_connection_lifetime=300)
+                return await asyncpg.create_pool(
+                    dsn, min_size=1, max_size=10, max_inactive_connection_lifetime=300, reset=_keep_session_state
+                )
 
             self._pg_pool = loop.create_task(make())
         return await asyncio.shield(self._pg_pool)
@@ -216,6 +218,12 @@ def _configure_sqlite(engine: AsyncEngine, *, immediate: bool) -> None:
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+async def _keep_session_state(_conn: asyncpg.Connection) -> None:
+    """Pool release without asyncpg's reset query (one round trip per use): `run_pg` callers change
+    no session state (no SET, LISTEN, cursors or advisory locks), and an open transaction is still
+    rolled back by the pool before this is called."""
 
 
 def pg_sql(statement: Any) -> tuple[str, tuple[str, ...]]:

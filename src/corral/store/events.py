@@ -22,111 +22,40 @@ import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal
 
-from sqlalchemy import ARRAY, String, bindparam, func, insert, select, text, update
+from sqlalchemy import bindparam, func, insert, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..errors import NotFound
-from ..schemas.common import format_timestamp, from_micros, now_micros, to_micros
+from ..schemas.common import now_micros, to_micros
 from ..schemas.events import Event
+from . import commit_pg
 from . import tables as t
+from .commit_plan import (
+    HEAD_COLUMNS,
+    MAX_BATCH,
+    Head,
+    HeadRow,
+    LeaseLost,
+    Pending,
+    Plan,
+    Record,
+    fail,
+    fold_events,
+    notices,
+    refusal,
+)
 from .db import Database, pg_sql, sqlite_sql
-from .derive import SessionState, apply
 from .hub import EventHub, LoggedEvent
 
 if TYPE_CHECKING:
     import asyncpg
 
-__all__ = ["EventLog", "LeaseLost", "Tx"]
+__all__ = ["EventLog", "LeaseLost", "Record", "Tx"]
 
 log = logging.getLogger(__name__)
-
-MAX_BATCH = 512
-"""Appends committed together at most (bounds one transaction's size and latency)."""
-
-
-@dataclass
-class _Head:
-    """A session's row as a transaction sees it, advanced by each append folded into it."""
-
-    seq: int
-    state: SessionState
-    lease_owner: str | None
-
-    @classmethod
-    def from_row(cls, row: Any) -> _Head:
-        return cls(
-            row.last_seq, SessionState.load(row.status, bool(row.needs_work), json.loads(row.usage)), row.lease_owner
-        )
-
-    def values(self, now: int) -> dict[str, Any]:
-        return {
-            "last_seq": self.seq,
-            "status": self.state.status,
-            "needs_work": self.state.needs_work,
-            "usage": json.dumps(self.state.usage_json(), separators=(",", ":")),
-            "updated_at": now,
-        }
-
-
-def _fold(
-    head: _Head,
-    session_id: str,
-    events: list[Event],
-    now: int,
-    needs_work: bool | None,
-    decided_at: int | None,
-) -> tuple[list[dict[str, Any]], list[LoggedEvent], bool]:
-    """Number `events` after `head`, fold them into its state: (rows to insert, logged, wakes workers)."""
-    state = head.state
-    was_pending = state.needs_work
-    start = head.seq
-    rows: list[dict[str, Any]] = []
-    logged: list[LoggedEvent] = []
-    for event in events:
-        head.seq += 1
-        wire = event.model_dump(mode="json")
-        body = json.dumps(wire, separators=(",", ":"))
-        apply(state, wire, now)
-        rows.append(
-            {
-                "session_id": session_id,
-                "seq": head.seq,
-                "id": event.id,
-                "type": wire["type"],
-                "created_at": now,
-                "processed_at": to_micros(event.processed_at) if event.processed_at else None,
-                "body": body,
-                "ref": next((wire[k] for k in _REF_FIELDS if wire.get(k)), None),
-            }
-        )
-        logged.append(LoggedEvent(seq=head.seq, type=wire["type"], json=body))
-    if needs_work is not None and not (needs_work is False and decided_at is not None and start != decided_at):
-        state.needs_work = needs_work
-    wakes = (state.needs_work and not was_pending) or any(e.type in _WAKE_AGAIN for e in logged)
-    return rows, logged, wakes
-
-
-Record = tuple[str, str, dict[str, Any]]
-"""A harness record to write with an append: (key, kind, body)."""
-
-
-@dataclass
-class _Pending:
-    """One queued `EventLog.append`, waiting for the writer task."""
-
-    session_id: str
-    events: list[Event]
-    needs_work: bool | None
-    owner: str | None
-    decided_at: int | None
-    future: asyncio.Future[list[LoggedEvent]]
-    records: Sequence[Record] = ()
-    processed: Sequence[int] = ()
-    logged: list[LoggedEvent] = field(default_factory=list)
-    wakes: bool = False
 
 
 @dataclass
@@ -156,14 +85,14 @@ class Tx:
         append only happens while that worker still holds the session's lease (`LeaseLost` if not).
         """
         row = (
-            await self.conn.execute(select(*_HEAD_COLUMNS).where(t.sessions.c.id == session_id).with_for_update())
+            await self.conn.execute(select(*HEAD_COLUMNS).where(t.sessions.c.id == session_id).with_for_update())
         ).first()
-        head = None if row is None else _Head.from_row(row)
-        refusal = _refusal(head, session_id, owner)
-        if refusal is not None:
-            raise refusal
+        head = None if row is None else Head.from_row(row)
+        refused = refusal(head, session_id, owner)
+        if refused is not None:
+            raise refused
         assert head is not None
-        rows, logged, wakes = _fold(head, session_id, events, self.now, needs_work, decided_at)
+        rows, logged, wakes = fold_events(head, session_id, events, self.now, needs_work, decided_at)
         if rows:
             await self.conn.execute(insert(t.events), rows)
         await self.conn.execute(update(t.sessions).where(t.sessions.c.id == session_id).values(**head.values(self.now)))
@@ -173,75 +102,11 @@ class Tx:
         return logged
 
 
-@dataclass
-class _Plan:
-    """What one group commit writes, decided from the heads it read (pure: no I/O, no futures)."""
-
-    now: int
-    done: list[_Pending] = field(default_factory=list)
-    failed: list[tuple[_Pending, Exception]] = field(default_factory=list)
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    records: list[dict[str, Any]] = field(default_factory=list)
-    marks: list[dict[str, Any]] = field(default_factory=list)
-    heads: dict[str, _Head] = field(default_factory=dict)
-    appended: list[str] = field(default_factory=list)
-    woken: list[str] = field(default_factory=list)
-
-    @classmethod
-    def make(cls, batch: list[_Pending], heads: dict[str, _Head]) -> _Plan:
-        plan = cls(now_micros())
-        for item in batch:
-            head = heads.get(item.session_id)
-            refusal = _refusal(head, item.session_id, item.owner)
-            if refusal is not None:
-                plan.failed.append((item, refusal))
-                continue
-            assert head is not None
-            rows, item.logged, item.wakes = _fold(
-                head, item.session_id, item.events, plan.now, item.needs_work, item.decided_at
-            )
-            plan.rows.extend(rows)
-            plan.records.extend(
-                {
-                    "session_id": item.session_id,
-                    "key": key,
-                    "kind": kind,
-                    "created_at": plan.now,
-                    "body": json.dumps(body, separators=(",", ":")),
-                }
-                for key, kind, body in item.records
-            )
-            if item.processed:
-                stamp = '"processed_at":' + json.dumps(format_timestamp(from_micros(plan.now)))
-                plan.marks.extend(
-                    {
-                        "b_session_id": item.session_id,
-                        "b_seq": seq,
-                        "b_when": plan.now,
-                        "b_queued": '"processed_at":null',
-                        "b_stamp": stamp,
-                    }
-                    for seq in item.processed
-                )
-            plan.heads[item.session_id] = head
-            if item.logged and item.session_id not in plan.appended:
-                plan.appended.append(item.session_id)
-            if item.wakes and item.session_id not in plan.woken:
-                plan.woken.append(item.session_id)
-            plan.done.append(item)
-        return plan
-
-    def head_params(self) -> list[dict[str, Any]]:
-        return [
-            {"b_id": sid, **{f"b_{k}": v for k, v in head.values(self.now).items()}} for sid, head in self.heads.items()
-        ]
-
-
-def _write_sqlite(conn: sqlite3.Connection, batch: list[_Pending], session_ids: list[str]) -> _Plan:
+def _write_sqlite(conn: sqlite3.Connection, batch: list[Pending], session_ids: list[str]) -> Plan:
     """The group commit on SQLite: runs on the database's writer thread, inside its transaction."""
     marks = ",".join("?" * len(session_ids))
     found = conn.execute(_SQLITE_HEADS.format(marks=marks), session_ids).fetchall()
-    plan = _Plan.make(batch, {row[0]: _Head.from_row(_HeadRow(*row)) for row in found})
+    plan = Plan.make(batch, {row[0]: Head.from_row(HeadRow(*row)) for row in found})
     if plan.rows:
         conn.executemany(_SQLITE_INSERT[0], [tuple(r[k] for k in _SQLITE_INSERT[1]) for r in plan.rows])
     if plan.heads:
@@ -251,46 +116,6 @@ def _write_sqlite(conn: sqlite3.Connection, batch: list[_Pending], session_ids: 
     if plan.marks:
         conn.executemany(_SQLITE_MARK[0], [tuple(m[k] for k in _SQLITE_MARK[1]) for m in plan.marks])
     return plan
-
-
-async def _write_pg(conn: asyncpg.Connection, batch: list[_Pending], session_ids: list[str], origin: str) -> _Plan:
-    """The group commit on PostgreSQL, inside `Database.run_pg`'s transaction: one round trip to lock
-    and read the heads, one for every write and notification (`_PG_WRITE`), then the commit."""
-    found = await conn.fetch(_PG_HEADS, session_ids)  # FOR UPDATE, in id order: a stable lock order
-    plan = _Plan.make(batch, {row[0]: _Head.from_row(_HeadRow(*row)) for row in found})
-    if not plan.heads:
-        return plan
-    notices = dict(_notices({sid: plan.heads[sid].seq for sid in plan.appended}, plan.woken, origin))
-    columns = [
-        *([r[k] for r in plan.rows] for k in _EVENT_FIELDS),
-        *([p[k] for p in plan.head_params()] for k in _HEAD_FIELDS),
-        *([r[k] for r in plan.records] for k in _RECORD_FIELDS),
-        *([m[k] for m in plan.marks] for k in _MARK_FIELDS),
-        notices.get("corral_events", []),
-        notices.get("corral_wake", []),
-    ]
-    await conn.execute(_PG_WRITE, *columns)
-    return plan
-
-
-def _notices(heads: dict[str, int], woken: Iterable[str], origin: str) -> list[tuple[str, list[str]]]:
-    """PostgreSQL notifications for a commit: `<session id>:<head>:<origin>` on `corral_events` and
-    `<session id>:<origin>` on `corral_wake`, so listeners learn the new head without a query and
-    skip their own news. Delivered on commit, dropped on rollback."""
-    notices = (
-        ("corral_events", [f"{sid}:{head}:{origin}" for sid, head in heads.items()]),
-        ("corral_wake", [f"{sid}:{origin}" for sid in woken]),
-    )
-    return [(channel, payloads) for channel, payloads in notices if payloads]
-
-
-def _refusal(head: _Head | None, session_id: str, owner: str | None) -> Exception | None:
-    """Why an append may not go ahead: the session is gone, or `owner` no longer holds its lease."""
-    if head is None:
-        return NotFound("session", session_id)
-    if owner is not None and head.lease_owner != owner:
-        return LeaseLost(f"worker {owner} no longer holds session {session_id}")
-    return None
 
 
 Records = dict[str, dict[str, Any]]
@@ -305,35 +130,6 @@ def _parse_log(rows: Any, records: Any) -> tuple[list[tuple[int, dict[str, Any]]
     )
 
 
-def _fail(batch: list[_Pending], exc: BaseException) -> None:
-    for item in batch:
-        if not item.future.done():
-            item.future.set_exception(exc)
-
-
-class LeaseLost(RuntimeError):
-    """The worker's lease on a session expired and another worker may have it: stop touching it."""
-
-
-class _HeadRow(NamedTuple):
-    id: str
-    last_seq: int
-    status: str
-    needs_work: int
-    usage: str
-    lease_owner: str | None
-
-
-_WAKE_AGAIN = frozenset({"user.interrupt"})
-_REF_FIELDS = ("tool_use_id", "custom_tool_use_id", "mcp_tool_use_id")
-_HEAD_COLUMNS = (
-    t.sessions.c.id,
-    t.sessions.c.last_seq,
-    t.sessions.c.status,
-    t.sessions.c.needs_work,
-    t.sessions.c.usage,
-    t.sessions.c.lease_owner,
-)
 _UPDATE_HEAD = (
     update(t.sessions)
     .where(t.sessions.c.id == bindparam("b_id"))
@@ -345,7 +141,7 @@ _UPDATE_HEAD = (
         updated_at=bindparam("b_updated_at"),
     )
 )
-_HEAD_NAMES = ", ".join(c.name for c in _HEAD_COLUMNS)
+_HEAD_NAMES = ", ".join(c.name for c in HEAD_COLUMNS)
 _SQLITE_HEADS = f"SELECT {_HEAD_NAMES} FROM {t.sessions.name} WHERE {t.sessions.c.id.name} IN ({{marks}})"
 _SQLITE_INSERT = sqlite_sql(insert(t.events).values({c.name: bindparam(c.name) for c in t.events.c}))
 _SQLITE_UPDATE = sqlite_sql(_UPDATE_HEAD)
@@ -369,43 +165,6 @@ _MARK_PROCESSED = (
     )
 )
 """Set `processed_at` on a queued client event: the one change the log ever makes to an event."""
-_PG_HEADS = pg_sql(
-    select(*_HEAD_COLUMNS)
-    .where(t.sessions.c.id == func.any(bindparam("ids", type_=ARRAY(String))))
-    .order_by(t.sessions.c.id)
-    .with_for_update()
-)[0]
-_EVENT_FIELDS = ("session_id", "seq", "id", "type", "created_at", "processed_at", "body", "ref")
-_HEAD_FIELDS = ("b_id", "b_last_seq", "b_status", "b_needs_work", "b_usage", "b_updated_at")
-_RECORD_FIELDS = ("session_id", "key", "kind", "created_at", "body")
-_MARK_FIELDS = ("b_session_id", "b_seq", "b_when", "b_queued", "b_stamp")
-_PG_WRITE = f"""
-WITH new_events AS (
-    INSERT INTO {t.events.name} ({", ".join(_EVENT_FIELDS)})
-    SELECT * FROM unnest($1::varchar[], $2::bigint[], $3::varchar[], $4::varchar[], $5::bigint[], $6::bigint[],
-                         $7::text[], $8::varchar[])
-), heads AS (
-    UPDATE {t.sessions.name} AS s
-    SET last_seq = h.last_seq, status = h.status, needs_work = h.needs_work, usage = h.usage,
-        updated_at = h.updated_at
-    FROM unnest($9::varchar[], $10::bigint[], $11::varchar[], $12::boolean[], $13::text[], $14::bigint[])
-         AS h(id, last_seq, status, needs_work, usage, updated_at)
-    WHERE s.id = h.id
-), new_records AS (
-    INSERT INTO {t.harness_records.name} ({", ".join(_RECORD_FIELDS)})
-    SELECT * FROM unnest($15::varchar[], $16::varchar[], $17::varchar[], $18::bigint[], $19::text[])
-), marks AS (
-    UPDATE {t.events.name} AS e
-    SET processed_at = m.stamped_at, body = replace(e.body, m.queued, m.stamp)
-    FROM unnest($20::varchar[], $21::bigint[], $22::bigint[], $23::text[], $24::text[])
-         AS m(session_id, seq, stamped_at, queued, stamp)
-    WHERE e.session_id = m.session_id AND e.seq = m.seq AND e.processed_at IS NULL
-)
-SELECT pg_notify('corral_events', p) FROM unnest($25::text[]) AS p
-UNION ALL
-SELECT pg_notify('corral_wake', p) FROM unnest($26::text[]) AS p
-"""
-"""Everything a group commit writes, in one statement (data-modifying CTEs all run to completion)."""
 _SQLITE_RECORD = sqlite_sql(insert(t.harness_records).values({c.name: bindparam(c.name) for c in t.harness_records.c}))
 _SQLITE_MARK = sqlite_sql(_MARK_PROCESSED)
 
@@ -414,12 +173,14 @@ class EventLog:
     def __init__(self, db: Database, hub: EventHub) -> None:
         self.db = db
         self.hub = hub
-        self._queue: list[_Pending] = []
-        self._committing: list[_Pending] = []
+        self._queue: list[Pending] = []
+        self._committing: list[Pending] = []
         self.origin = uuid.uuid4().hex[:12]
         """Names this process in its notifications, so its own are recognised and skipped."""
         self._writer: asyncio.Task[None] | None = None
         self._wakeup: asyncio.Event | None = None
+        self._known = commit_pg.KnownHeads()
+        """PostgreSQL: session heads as this process last wrote them (see `commit_pg`)."""
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Tx]:
@@ -433,10 +194,10 @@ class EventLog:
             self.hub.wake(session_id)
 
     async def _notify(self, conn: AsyncConnection, heads: dict[str, int], woken: Iterable[str]) -> None:
-        """Tell other processes (PostgreSQL), in the transaction (see `_notices`)."""
+        """Tell other processes (PostgreSQL), in the transaction (see `notices`)."""
         if self.db.is_sqlite:
             return
-        for channel, payloads in _notices(heads, woken, self.origin):  # one statement per channel
+        for channel, payloads in notices(heads, woken, self.origin):  # one statement per channel
             await conn.execute(_NOTIFY_ALL, {"channel": channel, "payloads": payloads})
 
     async def append(
@@ -461,7 +222,7 @@ class EventLog:
         on its own.
         """
         future: asyncio.Future[list[LoggedEvent]] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(session_id, events, needs_work, owner, decided_at, future, records, processed))
+        self._queue.append(Pending(session_id, events, needs_work, owner, decided_at, future, records, processed))
         self._ensure_writer()
         assert self._wakeup is not None
         self._wakeup.set()
@@ -485,7 +246,7 @@ class EventLog:
                     await self._commit(batch)
                 except Exception as exc:
                     if len(batch) == 1:
-                        _fail(batch, exc)
+                        fail(batch, exc)
                         continue
                     # Isolate the culprit: commit each append still waiting on its own.
                     log.warning("group commit of %d appends failed (%s); retrying them one by one", len(batch), exc)
@@ -495,25 +256,52 @@ class EventLog:
                         try:
                             await self._commit([one])
                         except Exception as one_exc:
-                            _fail([one], one_exc)
+                            fail([one], one_exc)
                 except BaseException as exc:
-                    _fail(batch, exc)
+                    fail(batch, exc)
                     raise
                 finally:
                     self._committing = []
 
-    async def _commit(self, batch: list[_Pending]) -> None:
-        """Write `batch` in one transaction: read the heads, fold, one INSERT, one UPDATE."""
-        session_ids = sorted({item.session_id for item in batch})  # sorted: a stable lock order
+    async def _commit(self, batch: list[Pending]) -> None:
+        """Write `batch` together: read the heads, fold, write; then tell the hub and the callers.
+
+        On PostgreSQL, appends to sessions whose head this process knows are written first in one
+        unlocked, conditional statement (see `commit_pg`); the rest, and any the condition turned
+        away, in one locked transaction."""
         if self.db.is_sqlite:
+            session_ids = sorted({item.session_id for item in batch})
             try:
                 plan = await self.db.run_sqlite_write(lambda conn: _write_sqlite(conn, batch, session_ids))
             except sqlite3.Error as e:  # the same exception types as the SQLAlchemy paths raise
                 raise DBAPIError.instance(None, None, e, sqlite3.Error) from e
-        else:
-            plan = await self.db.run_pg(lambda conn: _write_pg(conn, batch, session_ids, self.origin))
+            self._settle(plan)
+            return
+        known, rest = self._known.split(batch)
+        if known:
+            heads = self._known.heads({item.session_id for item in known})
+            plan, rows, retry = await self.db.run_pg(
+                lambda conn: commit_pg.write_known(conn, known, heads, self.origin), transaction=False
+            )
+            self._known.remember(rows)
+            for item in retry:
+                self._known.forget(item.session_id)
+            self._settle(plan)
+            again = {id(item) for item in (*retry, *rest)}
+            rest = [item for item in batch if id(item) in again]  # in the queue's order
+        if rest:
+            session_ids = sorted({item.session_id for item in rest})  # sorted: a stable lock order
+            plan, rows = await self.db.run_pg(lambda conn: commit_pg.write_locked(conn, rest, session_ids, self.origin))
+            self._known.remember(rows)
+            self._settle(plan)
+
+    def moved(self, session_id: str, head: int) -> None:
+        """Another process committed to `session_id` up to `head` (heard by the watcher)."""
+        self._known.moved(session_id, head)
+
+    def _settle(self, plan: Plan) -> None:
         for item, exc in plan.failed:
-            _fail([item], exc)
+            fail([item], exc)
         for item in plan.done:
             if item.logged:
                 self.hub.published(item.session_id, item.logged)

@@ -209,6 +209,9 @@ class SessionRepo:
                 raise NotFound("session", session_id)
             await conn.execute(delete(t.events).where(t.events.c.session_id == session_id))
             await conn.execute(delete(t.harness_records).where(t.harness_records.c.session_id == session_id))
+            await conn.execute(
+                delete(t.session_resource_secrets).where(t.session_resource_secrets.c.session_id == session_id)
+            )
         self.log.hub.closed(session_id)
 
     async def list(

@@ -182,3 +182,17 @@ files = Table(
     Index("ix_files_created", "created_at", "id"),
     Index("ix_files_scope", "scope_id", "created_at", "id"),
 )
+
+# The write-only `authorization_token` of a session's `github_repository` resources, one Fernet token per
+# resource (`vault/crypto.py`), with the repository URL it is for. Kept out of the session body, which is
+# returned by the API; read by the egress proxy's credential broker on every request to the repository.
+session_resource_secrets = Table(
+    "session_resource_secrets",
+    metadata,
+    Column("resource_id", String(64), primary_key=True),
+    Column("session_id", String(64), nullable=False),
+    Column("url", Text, nullable=False),
+    Column("secret", Text, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Index("ix_session_resource_secrets_session", "session_id"),
+)

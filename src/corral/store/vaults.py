@@ -238,6 +238,34 @@ class CredentialRepo:
         result.rows = [_credential(r) for r in result.rows]
         return result
 
+    async def active_mcp(self, vault_ids: list[str]) -> list[tuple[Credential, str | None]]:
+        """Active MCP credentials (with their encrypted secrets) of the given active vaults, in the
+        order of `vault_ids`, then oldest first."""
+        return await self._active(vault_ids, "mcp:%")
+
+    async def environment_credentials(self, vault_ids: list[str]) -> list[tuple[Credential, str]]:
+        """The active `environment_variable` credentials of these vaults with their encrypted secrets, in
+        the order of `vault_ids`, then oldest first (archived vaults' credentials are left out)."""
+        return [(cred, secret) for cred, secret in await self._active(vault_ids, "env:%") if secret is not None]
+
+    async def _active(self, vault_ids: list[str], target: str) -> list[tuple[Credential, str | None]]:
+        """Active credentials whose target matches `target` (a LIKE pattern) in active vaults, with their
+        encrypted secrets, in the order of `vault_ids`, then oldest first."""
+        if not vault_ids:
+            return []
+        c, v = t.vault_credentials.c, t.vaults.c
+        query = (
+            select(t.vault_credentials)
+            .join(t.vaults, v.id == c.vault_id)
+            .where(c.vault_id.in_(vault_ids), c.archived_at.is_(None), v.archived_at.is_(None), c.target.like(target))
+            .order_by(c.created_at, c.id)
+        )
+        async with self.db.read() as conn:
+            rows = (await conn.execute(query)).all()
+        rank = {vault_id: i for i, vault_id in enumerate(vault_ids)}
+        rows.sort(key=lambda r: rank.get(r.vault_id, len(rank)))
+        return [(_credential(r), r.secret) for r in rows]
+
     # ---- encrypted secrets, for key checks and rotation ----
 
     async def sample_secret(self) -> str | None:

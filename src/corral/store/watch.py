@@ -48,6 +48,8 @@ class Watcher:
     def _on_events(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         session_id, _, rest = payload.partition(":")
         head, _, origin = rest.partition(":")
+        if origin != self.store.events.origin and head.isdigit():
+            self.store.events.moved(session_id, int(head))
         if origin == self.store.events.origin or session_id not in self.store.hub.followed():
             return  # our own append: the hub heard it first-hand
         if head.isdigit():

@@ -9,9 +9,10 @@ from fastapi import APIRouter, Depends, Request
 from ...errors import InvalidRequest
 from ...runtime import Runtime
 from ...schemas.sessions import Session, SessionCreate, SessionUpdate
+from ...service.session_resources import BoxSource
 from ...service.sessions import archive_session, create_session, delete_session, update_session
 from ...store.store import Store
-from ..deps import get_runtime, get_store
+from ..deps import get_box_source, get_runtime, get_store
 from ..query import parse_bool, parse_limit, parse_time_ranges, query_list
 from .pages import Deleted, PageWithPrev
 
@@ -21,8 +22,10 @@ STATUSES = ("rescheduling", "running", "idle", "terminated")
 
 
 @router.post("", response_model=Session)
-async def create(body: SessionCreate, store: Store = Depends(get_store)) -> Session:
-    return await create_session(store, body)
+async def create(
+    body: SessionCreate, store: Store = Depends(get_store), box: BoxSource = Depends(get_box_source)
+) -> Session:
+    return await create_session(store, body, box)
 
 
 @router.get("/{session_id}", response_model=Session)

@@ -4,11 +4,21 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
 
-from ...schemas.vaults import Credential, CredentialCreate, CredentialUpdate, Vault, VaultCreate, VaultUpdate
+from ...schemas.vaults import (
+    Credential,
+    CredentialCreate,
+    CredentialUpdate,
+    CredentialValidation,
+    Vault,
+    VaultCreate,
+    VaultUpdate,
+)
 from ...service.credentials import archive_credential, create_credential, update_credential
 from ...service.vaults import archive_vault, create_vault, update_vault
 from ...store.store import Store
+from ...tools.mcp import MCPClient
 from ...vault.crypto import SecretBox
+from ...vault.validate import validate_mcp_oauth
 from ..deps import get_runtime, get_store
 from ..query import parse_bool, parse_limit
 from .pages import Deleted, PageOut
@@ -109,3 +119,16 @@ async def delete_cred(vault_id: str, credential_id: str, store: Store = Depends(
 @router.post("/{vault_id}/credentials/{credential_id}/archive", response_model=Credential)
 async def archive_cred(vault_id: str, credential_id: str, store: Store = Depends(get_store)) -> Credential:
     return await archive_credential(store, vault_id, credential_id)
+
+
+@router.post("/{vault_id}/credentials/{credential_id}/mcp_oauth_validate", response_model=CredentialValidation)
+async def validate_cred(
+    vault_id: str,
+    credential_id: str,
+    request: Request,
+    store: Store = Depends(get_store),
+    box: SecretBox = Depends(get_box),
+) -> CredentialValidation:
+    settings = get_runtime(request).settings
+    client = MCPClient(timeout=settings.mcp_timeout_seconds, tool_timeout=settings.mcp_timeout_seconds)
+    return await validate_mcp_oauth(store, box, client, vault_id, credential_id)
