@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import http.server
 import io
@@ -29,7 +30,7 @@ import anthropic
 import pytest
 
 from corral.config import Settings
-from corral.sandbox.base import SandboxSpec
+from corral.sandbox.base import RecipeFailed, SandboxSpec
 from corral.sandbox.egress import EgressProxy
 from corral.sandbox.pool import SandboxPool
 from corral.sandbox.recipes import Templates
@@ -113,7 +114,8 @@ class PackageIndex:
                 self.send_header("Content-Length", str(len(body)))
                 self.send_header("Connection", "close")
                 self.end_headers()
-                self.wfile.write(body)
+                with contextlib.suppress(ConnectionError):  # a client that gave up (the timeout test)
+                    self.wfile.write(body)
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -128,6 +130,9 @@ class PackageIndex:
             sha = hashlib.sha256(self.wheel).hexdigest()
             link = f'<a href="/files/{self.WHEEL}#sha256={sha}">{self.WHEEL}</a>'
             return "text/html", f"<!DOCTYPE html><html><body>{link}</body></html>".encode()
+        if path == "/simple/corralslow/":
+            time.sleep(6)  # longer than the recipe timeout of the test that asks for it
+            return None
         if path == f"/files/{self.WHEEL}":
             return "application/octet-stream", self.wheel
         if path == "/npm/corral-tiny":
@@ -298,10 +303,13 @@ def test_file_resources_are_mounted_read_only_and_follow_changes(
     one = sdk.beta.files.upload(file=("one.txt", b"first file\n", "text/plain"))
     two = sdk.beta.files.upload(file=("two.csv", b"a,b\n1,2\n", "text/csv"))
     three = sdk.beta.files.upload(file=("three.txt", b"bound elsewhere\n", "text/plain"))
-    session = new_session(sdk, resources=[{"type": "file", "file_id": one.id}])
+    inside = {"type": "file", "file_id": one.id, "mount_path": "/workspace/inputs/one.txt"}
+    session = new_session(sdk, resources=[{"type": "file", "file_id": one.id}, inside])
     path = f"/mnt/session/uploads/{one.id}"
-    seen = run_bash(sdk, fake, session.id, f"cat {path}", f"echo x > {path}; rm -f {path}; cat {path}")
-    assert results(seen)[0] == (False, "first file")
+    seen = run_bash(
+        sdk, fake, session.id, f"cat {path} /workspace/inputs/one.txt", f"echo x > {path}; rm -f {path}; cat {path}"
+    )
+    assert results(seen)[0] == (False, "first file\nfirst file")
     _, output = results(seen)[1]
     # bubblewrap says EROFS; gVisor checks the file's mode (0444, the server's) first: unchanged either way
     assert ("Read-only file system" in output or "Permission denied" in output) and output.endswith("first file")
@@ -398,5 +406,27 @@ async def test_the_unsafe_backend_installs_recipes_on_the_host_path(sandbox_root
         recipe = templates.recipe_for({"pip": ["corraltiny"]})
         assert recipe is not None and sandbox.spec.env["PYTHONPATH"] == f"{templates.path(recipe)}/python"
         assert templates.builds == 1 and not Path("/workspace/tmp").exists()  # scratch stayed in the build dir
+    finally:
+        await pool.aclose()
+
+
+async def test_a_recipe_build_that_runs_out_of_time_fails_and_is_remembered(
+    sandbox_root: Path, index: PackageIndex
+) -> None:
+    root = sandbox_root / f"slow-{uuid.uuid4().hex[:8]}"
+    templates = Templates(root / "templates", timeout=2, pip_index_url=f"{index.url}/simple/")
+    pool = SandboxPool(root, "bwrap", egress=EgressProxy(allowed_networks=["127.0.0.0/8"]), templates=templates)
+    try:
+        began = time.monotonic()
+        with pytest.raises(RecipeFailed) as info:
+            await pool.get(SandboxSpec("slow1", "", packages={"pip": ["corralslow"]}))
+        assert "timed out after 2s" in str(info.value) and time.monotonic() - began < 15
+        began = time.monotonic()
+        with pytest.raises(RecipeFailed) as again:  # another session soon after: the failure, at once
+            await pool.get(SandboxSpec("slow2", "", packages={"pip": ["corralslow"]}))
+        assert str(again.value) == str(info.value) and time.monotonic() - began < 1
+        assert templates.builds == 0  # and nothing is left of the build but its lock file
+        assert [p.name for p in templates.root.iterdir() if not p.name.endswith(".lock")] == []
+        assert pool.current("slow1") is None and pool.current("slow2") is None
     finally:
         await pool.aclose()

@@ -10,6 +10,10 @@ an empty directory of its own (`root_dir/warm/<slot>`). A new session with that 
 directory is renamed to `root_dir/sessions/<id>` (the sandbox's bind mount follows the directory, not
 the path), so its first tool call does not wait for a sandbox to start. Sessions that already have
 files (a sandbox reclaimed when idle, or one that died) always get a fresh sandbox on their own files.
+
+Recipes: an environment's `config.packages` is part of the recipe key, so a ready sandbox is only ever
+adopted by a session of the same packages; `_provision` binds the recipe's template (`recipes.py`: built
+once, shared read-only by every sandbox of the recipe), building it first if it is new.
 """
 
 from __future__ import annotations

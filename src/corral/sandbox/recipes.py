@@ -137,7 +137,7 @@ class Recipe:
                 "--loglevel=error", *registry, "--", *self.npm,
             ]  # fmt: skip
             lines.append(shlex.join(argv))
-        return "\n".join(lines) + "\n"
+        return "(\n" + "\n".join(lines) + "\n)\n"  # a subshell: `set -e` must not end the helper's shell
 
 
 def recipe_env(recipe_dir: str = RECIPE_DIR) -> dict[str, str]:
