@@ -11,10 +11,8 @@ from pathlib import Path
 import anthropic
 import pytest
 
-from corral.config import Settings
-
 from .fake_model import FakeModel
-from .servers import ServerThread, database_url
+from .servers import ServerThread, serving
 from .tls_servers import GitServer, HttpsEcho, TestCA
 from .web_site import WebSite
 
@@ -42,15 +40,10 @@ def sandbox_root() -> Iterator[Path]:
 @pytest.fixture(scope="session")
 def server(db_kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
     tmp: Path = tmp_path_factory.mktemp(f"server-{db_kind}")
-    for url in database_url(db_kind, tmp):
-        settings = Settings(
-            database_url=url, api_key=API_KEY, data_dir=tmp / "data", workers=0, poll_interval=0.1, sse_ping_seconds=1.0
-        )
-        srv = ServerThread(settings).start()
-        try:
-            yield srv
-        finally:
-            srv.stop()
+    with serving(
+        db_kind, tmp, api_key=API_KEY, data_dir=tmp / "data", workers=0, poll_interval=0.1, sse_ping_seconds=1.0
+    ) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="session")
@@ -71,30 +64,26 @@ def agent_server(
 ) -> Iterator[ServerThread]:
     """A server whose workers run sessions against the scripted fake model."""
     tmp: Path = tmp_path_factory.mktemp(f"agents-{db_kind}")
-    for url in database_url(db_kind, tmp):
-        settings = Settings(
-            database_url=url,
-            api_key=API_KEY,
-            data_dir=sandbox_root / f"agents-{db_kind}",
-            workers=8,
-            poll_interval=0.1,
-            lease_seconds=5,
-            sse_ping_seconds=1.0,
-            anthropic_base_url=fake.url,
-            anthropic_api_key="fake-key",
-            openai_base_url=fake.openai_url,
-            model_retry_base_seconds=0.05,
-            model_max_retries=2,
-            compact_at_tokens=5_000,
-            model_prices={"claude-budget": [1_000_000.0, 1_000_000.0, 0.0, 0.0]},
-            searxng_url=web_site.url,
-            web_fetch_allowed_networks=["127.0.0.0/8"],
-        )
-        srv = ServerThread(settings).start()
-        try:
-            yield srv
-        finally:
-            srv.stop()
+    with serving(
+        db_kind,
+        tmp,
+        api_key=API_KEY,
+        data_dir=sandbox_root / f"agents-{db_kind}",
+        workers=8,
+        poll_interval=0.1,
+        lease_seconds=5,
+        sse_ping_seconds=1.0,
+        anthropic_base_url=fake.url,
+        anthropic_api_key="fake-key",
+        openai_base_url=fake.openai_url,
+        model_retry_base_seconds=0.05,
+        model_max_retries=2,
+        compact_at_tokens=5_000,
+        model_prices={"claude-budget": [1_000_000.0, 1_000_000.0, 0.0, 0.0]},
+        searxng_url=web_site.url,
+        web_fetch_allowed_networks=["127.0.0.0/8"],
+    ) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="session")
@@ -124,26 +113,22 @@ def egress_server(
     """A server running agents whose sandboxes' egress proxy may reach loopback (the local test servers)
     and trusts their CA upstream."""
     tmp: Path = tmp_path_factory.mktemp(f"egress-{db_kind}")
-    for url in database_url(db_kind, tmp):
-        settings = Settings(
-            database_url=url,
-            api_key=API_KEY,
-            data_dir=sandbox_root / f"egress-{db_kind}",
-            workers=4,
-            poll_interval=0.1,
-            lease_seconds=5,
-            sse_ping_seconds=1.0,
-            anthropic_base_url=fake.url,
-            anthropic_api_key="fake-key",
-            sandbox_prewarm=1,  # sessions without credentials adopt ready sandboxes; those with, never
-            sandbox_egress_allowed_networks=["127.0.0.0/8"],
-            egress_upstream_ca_file=test_ca.ca_file,
-        )
-        srv = ServerThread(settings).start()
-        try:
-            yield srv
-        finally:
-            srv.stop()
+    with serving(
+        db_kind,
+        tmp,
+        api_key=API_KEY,
+        data_dir=sandbox_root / f"egress-{db_kind}",
+        workers=4,
+        poll_interval=0.1,
+        lease_seconds=5,
+        sse_ping_seconds=1.0,
+        anthropic_base_url=fake.url,
+        anthropic_api_key="fake-key",
+        sandbox_prewarm=1,  # sessions without credentials adopt ready sandboxes; those with, never
+        sandbox_egress_allowed_networks=["127.0.0.0/8"],
+        egress_upstream_ca_file=test_ca.ca_file,
+    ) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
@@ -47,6 +48,17 @@ def database_url(kind: str, tmp: Path) -> Iterator[str]:
     else:
         with postgres_database() as url:
             yield url
+
+
+@contextmanager
+def serving(db_kind: str, tmp: Path, **settings: Any) -> Iterator[ServerThread]:
+    """A started server with `settings` on a fresh database of `db_kind` (see `database_url`), stopped after."""
+    for url in database_url(db_kind, tmp):
+        srv = ServerThread(Settings(database_url=url, **settings)).start()
+        try:
+            yield srv
+        finally:
+            srv.stop()
 
 
 class ServerThread:

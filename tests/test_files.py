@@ -20,11 +20,10 @@ import pytest
 from anthropic.types.beta import BetaDeletedFile, BetaFileMetadata
 from sqlalchemy import text
 
-from corral.config import Settings
 from corral.store.db import Database
 
 from .conftest import API_KEY
-from .servers import ServerThread, database_url
+from .servers import ServerThread, serving
 from .wire import assert_exact
 
 AUTH = {"x-api-key": API_KEY}
@@ -300,13 +299,8 @@ def test_files_need_auth_but_no_beta_header(client: anthropic.Anthropic) -> None
 def small_server(db_kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
     """A server that takes files of at most 1 KiB."""
     tmp: Path = tmp_path_factory.mktemp(f"files-small-{db_kind}")
-    for url in database_url(db_kind, tmp):
-        settings = Settings(database_url=url, api_key=API_KEY, data_dir=tmp / "data", workers=0, max_file_bytes=1024)
-        srv = ServerThread(settings).start()
-        try:
-            yield srv
-        finally:
-            srv.stop()
+    with serving(db_kind, tmp, api_key=API_KEY, data_dir=tmp / "data", workers=0, max_file_bytes=1024) as srv:
+        yield srv
 
 
 def test_size_limit(small_server: ServerThread) -> None:

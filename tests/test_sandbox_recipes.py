@@ -29,7 +29,6 @@ from typing import Any
 import anthropic
 import pytest
 
-from corral.config import Settings
 from corral.sandbox.base import RecipeFailed, SandboxSpec
 from corral.sandbox.egress import EgressProxy
 from corral.sandbox.pool import SandboxPool
@@ -37,7 +36,7 @@ from corral.sandbox.recipes import Templates
 
 from .conftest import API_KEY
 from .fake_model import FakeModel, Reply, tool_results
-from .servers import ServerThread, database_url
+from .servers import ServerThread, serving
 from .turns import text, turn
 
 HOST = "127.0.0.2"
@@ -171,29 +170,25 @@ def recipe_server(
 ) -> Iterator[ServerThread]:
     """A server whose sandboxes are bubblewrap's, or gVisor's: both bind the same session mounts."""
     tmp: Path = tmp_path_factory.mktemp(f"recipes-{request.param}-{db_kind}")
-    for url in database_url(db_kind, tmp):
-        settings = Settings(
-            database_url=url,
-            api_key=API_KEY,
-            sandbox=request.param,
-            data_dir=sandbox_root / f"recipes-{request.param}-{db_kind}",
-            workers=4,
-            poll_interval=0.1,
-            lease_seconds=5,
-            sse_ping_seconds=1.0,
-            anthropic_base_url=fake.url,
-            anthropic_api_key="fake-key",
-            model_max_retries=0,
-            sandbox_egress_allowed_networks=["127.0.0.0/8"],
-            sandbox_pip_index_url=f"{index.url}/simple/",
-            sandbox_npm_registry=f"{index.url}/npm/",
-            sandbox_recipe_timeout=120,
-        )
-        srv = ServerThread(settings).start()
-        try:
-            yield srv
-        finally:
-            srv.stop()
+    with serving(
+        db_kind,
+        tmp,
+        api_key=API_KEY,
+        sandbox=request.param,
+        data_dir=sandbox_root / f"recipes-{request.param}-{db_kind}",
+        workers=4,
+        poll_interval=0.1,
+        lease_seconds=5,
+        sse_ping_seconds=1.0,
+        anthropic_base_url=fake.url,
+        anthropic_api_key="fake-key",
+        model_max_retries=0,
+        sandbox_egress_allowed_networks=["127.0.0.0/8"],
+        sandbox_pip_index_url=f"{index.url}/simple/",
+        sandbox_npm_registry=f"{index.url}/npm/",
+        sandbox_recipe_timeout=120,
+    ) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,7 @@ from corral.store.store import Store
 from corral.vault.crypto import SecretBox
 
 from .conftest import API_KEY
-from .servers import ServerThread, database_url
+from .servers import ServerThread, database_url, serving
 from .wire import assert_exact
 
 # Every secret a test sends; no response body may ever contain one.
@@ -606,12 +606,8 @@ def test_sessions_attach_vaults(client: anthropic.Anthropic, agent, environment)
 def own_server(db_kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
     """A server of its own (its own key file), since rotation changes the key."""
     tmp = tmp_path_factory.mktemp(f"vault-keys-{db_kind}")
-    for url in database_url(db_kind, tmp):
-        srv = ServerThread(Settings(database_url=url, api_key=API_KEY, data_dir=tmp / "data", workers=0)).start()
-        try:
-            yield srv
-        finally:
-            srv.stop()
+    with serving(db_kind, tmp, api_key=API_KEY, data_dir=tmp / "data", workers=0) as srv:
+        yield srv
 
 
 def _rotate(settings: Settings, *args: str, **env: str) -> Any:
