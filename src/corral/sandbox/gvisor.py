@@ -54,14 +54,10 @@ from corral.sandbox.provision import (
     DEFAULT_PYTHON,
     ETC_FILES,
     WORKSPACE,
-    default_host_uid,
     generated_files,
     helper_command,
     helper_sources,
-    open_egress,
-    prepare_mounts,
-    require_python,
-    resolved_mounts,
+    provision,
     sandbox_env,
     trusted_files,
 )
@@ -216,16 +212,10 @@ class GvisorSandbox(HelperSandbox):
         runsc: str | None = None,
     ) -> GvisorSandbox:
         """Provision a sandbox and wait for its first ping; `SandboxUnavailable` when that is impossible."""
-        if not spec.workdir:
-            raise ValueError("SandboxSpec.workdir is required (SandboxPool fills it in)")
-        limits = limits or SandboxLimits()
         binary = find_runsc(runsc)
-        require_python(python)
+        ready = await provision(spec, limits, host_uid, python, egress)
+        limits, uid, binds, listener = ready.limits, ready.uid, ready.mounts, ready.listener
         root = os.geteuid() == 0
-        uid = (host_uid if host_uid is not None else default_host_uid(spec.session_id)) if root else None
-        binds = resolved_mounts(spec)
-        await asyncio.to_thread(prepare_mounts, spec, binds, uid)
-        listener = await open_egress(egress, spec, uid)
         bundle = Path(tempfile.mkdtemp(prefix="corral-gvisor-"))
         cgroup: cgroups.Cgroup | None = None
         try:

@@ -50,11 +50,8 @@ from corral.sandbox.provision import (  # shared with the gVisor backend; re-exp
     default_host_uid,
     helper_command,
     helper_sources,
-    open_egress,
-    prepare_mounts,
     prepare_workdir,
-    require_python,
-    resolved_mounts,
+    provision,
     sandbox_env,
     trusted_files,
 )
@@ -175,16 +172,9 @@ class BwrapSandbox(HelperSandbox):
 
         With `egress`, the sandbox gets a socket on that proxy (policy from `spec.networking`), the
         in-sandbox forwarder on 127.0.0.1:3128 and HTTP(S)_PROXY pointing at it; without, no network."""
-        if not spec.workdir:
-            raise ValueError("SandboxSpec.workdir is required (SandboxPool fills it in)")
-        limits = limits or SandboxLimits()
         bwrap = find_bwrap()
-        require_python(python)
-        root = os.geteuid() == 0
-        uid = (host_uid if host_uid is not None else default_host_uid(spec.session_id)) if root else None
-        mounts = resolved_mounts(spec)
-        await asyncio.to_thread(prepare_mounts, spec, mounts, uid)
-        listener = await open_egress(egress, spec, uid)
+        ready = await provision(spec, limits, host_uid, python, egress)
+        limits, uid, mounts, listener = ready.limits, ready.uid, ready.mounts, ready.listener
         command = helper_command(python, limits, proxy=listener is not None)
         sockets = {SANDBOX_PROXY_SOCKET: listener.path} if listener is not None else {}
         try:

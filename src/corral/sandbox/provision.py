@@ -37,6 +37,7 @@ __all__ = [
     "UID_BASE",
     "UID_COUNT",
     "WORKSPACE",
+    "Provisioned",
     "ca_files",
     "default_host_uid",
     "generated_files",
@@ -45,6 +46,7 @@ __all__ = [
     "open_egress",
     "prepare_mounts",
     "prepare_workdir",
+    "provision",
     "require_python",
     "resolved_mounts",
     "sandbox_env",
@@ -218,3 +220,31 @@ def prepare_mounts(spec: SandboxSpec, mounts: list[Mount], uid: int | None) -> N
     for mount in mounts:
         if not mount.readonly:
             prepare_workdir(mount.host, uid)
+
+
+@dataclasses.dataclass
+class Provisioned:
+    """What a backend's `start` has prepared before it builds its process tree."""
+
+    limits: SandboxLimits
+    uid: int | None
+    """The sandbox's own host uid (None when the server is not root: no switch)."""
+    mounts: list[Mount]
+    listener: EgressListener | None
+    """The sandbox's socket on the egress proxy (None: no way out at all)."""
+
+
+async def provision(
+    spec: SandboxSpec, limits: SandboxLimits | None, host_uid: int | None, python: str, egress: EgressProxy | None
+) -> Provisioned:
+    """The steps every backend takes first: check the helper's python, pick the host uid, prepare the
+    session's binds, open its egress socket. The caller closes `listener` if its own start fails."""
+    if not spec.workdir:
+        raise ValueError("SandboxSpec.workdir is required (SandboxPool fills it in)")
+    require_python(python)
+    root = os.geteuid() == 0
+    uid = (host_uid if host_uid is not None else default_host_uid(spec.session_id)) if root else None
+    mounts = resolved_mounts(spec)
+    await asyncio.to_thread(prepare_mounts, spec, mounts, uid)
+    listener = await open_egress(egress, spec, uid)
+    return Provisioned(limits or SandboxLimits(), uid, mounts, listener)
