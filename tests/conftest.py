@@ -19,6 +19,12 @@ from .web_site import WebSite
 API_KEY = "test-key-7f3a"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Every harness run in the tests, in-process or in a worker process they start, checks its
+    carried fold against a fold of the whole log (`corral.harness.runlog`)."""
+    os.environ.setdefault("CORRAL_VERIFY_FOLD", "1")
+
+
 @pytest.fixture(scope="session", params=["sqlite", "postgres"])
 def db_kind(request: pytest.FixtureRequest) -> str:
     return request.param

@@ -6,10 +6,11 @@ same decision; nothing about a session lives in a worker's memory.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Conversation", "ToolUse", "fold", "input_key", "run_key"]
+__all__ = ["Conversation", "Fold", "ToolUse", "fold", "input_key", "run_key"]
 
 CLIENT_INPUT = frozenset({"user.message", "system.message", "user.interrupt", "user.tool_confirmation"})
 INTERRUPTED = "The user interrupted this tool call before it finished."
@@ -231,27 +232,82 @@ def input_key(event_id: str) -> str:
     return "in:" + event_id
 
 
-def fold(events: list[tuple[int, dict[str, Any]]], records: dict[str, dict[str, Any]]) -> Conversation:
-    """Fold the log. A queued client event counts from the point where the harness took it in
-    (its `in:` record), not from where it was queued: a message sent mid-turn joins the context
-    after the work that was already under way, as it did when the harness read it."""
-    folder = _Folder(records)
-    taken_in: dict[int, list[dict[str, Any]]] = {}
-    for seq, ev in events:
+class Fold:
+    """A fold that can be carried forward: the state after the events up to `last`, extended one
+    appended event at a time. A worker folds a session's log once per run and then only what it
+    appends; the result is the same as folding the whole log again (`fold`), which tests check.
+
+    A queued client event counts from the point where the harness took it in (its `in:` record), not
+    from where it was queued: a message sent mid-turn joins the context after the work that was already
+    under way, as it did when the harness read it. Such an event waits in `_taken_in` until the event it
+    was taken in after is folded."""
+
+    def __init__(self, records: dict[str, dict[str, Any]]) -> None:
+        self._folder = _Folder(records)
+        self._taken_in: dict[int, list[dict[str, Any]]] = {}
+        self.last = 0
+        """Sequence number of the last event folded."""
+
+    def add(self, seq: int, ev: dict[str, Any]) -> None:
+        folder, records = self._folder, self._folder.records
+        self.last = max(self.last, seq)
         if ev["type"] in CLIENT_INPUT:
             if ev.get("processed_at") is None:
                 folder.c.pending.append((seq, ev))
-                continue
+                return
             record = records.get(input_key(ev["id"]))
             if record is not None and record.get("flushed"):
-                continue  # dropped with a dead turn: never shown to the model
+                return  # dropped with a dead turn: never shown to the model
             if record is not None and record["after_seq"] > seq:
-                taken_in.setdefault(record["after_seq"], []).append(ev)
-                continue
+                self._taken_in.setdefault(record["after_seq"], []).append(ev)
+                return
         folder.event(ev)
-        for deferred in taken_in.pop(seq, []):
+        for deferred in self._taken_in.pop(seq, []):
             folder.event(deferred)
-    for seq in sorted(taken_in):
-        for deferred in taken_in[seq]:
-            folder.event(deferred)
-    return folder.c
+
+    def record(self, key: str, body: dict[str, Any]) -> None:
+        """A harness record appended after the events folded so far. Only `run:` records change what
+        is already folded (the tool call began); the rest are read when their event comes."""
+        self._folder.records[key] = body
+        if key.startswith("run:"):
+            tool = self._folder.c.tool_uses.get(key.removeprefix("run:"))
+            if tool is not None:
+                tool.started = True
+
+    @property
+    def carried(self) -> bool:
+        """False when an input was taken in after an event not folded yet: then only a fold of the
+        whole log places it right (`result` folds it at the end, as `fold` does)."""
+        return not self._taken_in
+
+    def result(self) -> Conversation:
+        if self.carried:
+            return self._folder.c
+        done = self.clone()
+        for seq in sorted(done._taken_in):
+            for deferred in done._taken_in[seq]:
+                done._folder.event(deferred)
+        return done._folder.c
+
+    def clone(self) -> Fold:
+        """A copy to fold further without touching this one (lists copied; their items are never changed in place)."""
+        c = self._folder.c
+        copy = Fold(dict(self._folder.records))
+        copy._folder.c = dataclasses.replace(
+            c,
+            messages=list(c.messages),
+            user_blocks=list(c.user_blocks),
+            pending=list(c.pending),
+            tool_uses={k: dataclasses.replace(t) for k, t in c.tool_uses.items()},
+        )
+        copy._taken_in = {k: list(v) for k, v in self._taken_in.items()}
+        copy.last = self.last
+        return copy
+
+
+def fold(events: list[tuple[int, dict[str, Any]]], records: dict[str, dict[str, Any]]) -> Conversation:
+    """Fold the whole log (see `Fold`)."""
+    state = Fold(dict(records))
+    for seq, ev in events:
+        state.add(seq, ev)
+    return state.result()

@@ -259,15 +259,16 @@ class Harness:
         that dies after this append leaves an open span, closed as failed and re-issued like any other."""
         if p.session.budget is not None or p.watcher.channel.head > p.log.head:
             return events
-        after = p.log.fold(events, records)
+        state = p.log.ahead(events, records)
+        after = state.result()
         if after.open_span or after.pending or not after.needs_model_call():
             return events
         if after.turn_model_calls >= self.settings.max_model_calls_per_turn or self.compactor.due(after):
             return events
         start = SpanModelRequestStart(id=new_id("event"), processed_at=_now())
         p.log.chained_span = start.id
-        after.open_span = start.id  # what folding the start does (context._Folder.event)
-        p.log.expect(after, len(events) + 1)
+        state.add(state.last + 1, {"type": start.type, "id": start.id})  # all that folding a span start reads
+        p.log.expect(state, len(events) + 1)
         return [*events, start]
 
     def _request(self, session: Session, convo: Conversation, offer: MCPOffer) -> ModelRequest:

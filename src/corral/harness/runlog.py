@@ -3,14 +3,20 @@
 The harness decides every step from a fold of the whole log. Reading the whole log again on every
 step made each step cost a full read; instead the first pass of a run reads it once, every append the
 worker makes is added to the copy as it commits, and each later pass reads only the session row and
-whatever others appended past the copy's head (usually nothing) in one statement. The copy is a cache
-of the log, never a source: it is dropped with the run, so a worker that dies loses nothing, and the
-next run (in any process) starts again from the log itself.
+whatever others appended past the copy's head (usually nothing) in one statement. The fold is carried
+the same way (`context.Fold`): the whole copy is folded once, then each of the worker's own appends is
+folded onto it; only input taken in, or events others appended, make it fold the whole copy again. The
+copy is a cache of the log, never a source: it is dropped with the run, so a worker that dies loses
+nothing, and the next run (in any process) starts again from the log itself.
+
+With CORRAL_VERIFY_FOLD=1 in the environment (tests/conftest.py sets it) every carried fold is checked
+against a fold of the whole copy, and a difference raises.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,7 +26,7 @@ from ..schemas.sessions import Session
 from ..store.events import Record
 from ..store.hub import LoggedEvent
 from ..store.store import Store
-from .context import Conversation, fold
+from .context import Conversation, Fold
 
 __all__ = ["RunLog"]
 
@@ -40,10 +46,12 @@ class RunLog:
         self.session: Session | None = None
         self.chained_span: str | None = None
         """A span start this run appended with its previous step, for the model call it runs next."""
-        self._folded: Conversation | None = None
-        """The fold of the copy as it stands (None: fold again)."""
-        self._expected: tuple[int, int, Conversation] | None = None
-        """(last seq, events, fold) a coming append will produce if it lands right after `last seq`."""
+        self._fold: Fold | None = None
+        """The fold of the copy as it stands, carried forward by this worker's appends (None: fold the
+        whole copy again)."""
+        self._verify_fold = os.environ.get("CORRAL_VERIFY_FOLD") == "1"
+        self._expected: tuple[int, Fold] | None = None
+        """(events, fold) a coming append will produce if it lands right after the copy's last event."""
 
     async def refresh(self, hub_head: int) -> Session:
         """Bring the copy up to date with the log; return the session row read with it.
@@ -63,26 +71,48 @@ class RunLog:
             session, events = await self.store.sessions.since(self.session_id, self.head)
             if events:
                 self.events.update(events)
-                self._folded = None
+                self._fold = None
         self.head = max(self.events, default=0)
         self.session = session
         return session
 
-    def fold(self, extra: Sequence[Event] = (), records: Sequence[Record] = ()) -> Conversation:
-        """The conversation as the log stands, or as it would stand with `extra` appended."""
-        if not extra and not records:
-            if self._folded is None:
-                self._folded = fold(sorted(self.events.items()), self.records)
-            return self._folded
-        events = sorted(self.events.items())
-        last = events[-1][0] if events else 0
-        events.extend((last + i, e.model_dump(mode="json")) for i, e in enumerate(extra, 1))
-        return fold(events, {**self.records, **_records(records)})
+    def fold(self) -> Conversation:
+        """The conversation as the log stands."""
+        return self._state().result()
 
-    def expect(self, convo: Conversation, count: int) -> None:
-        """`convo` is what the fold will be once the next append (of `count` events, no processed
-        marks) lands: keep it instead of folding again, unless others append in between."""
-        self._expected = (max(self.events, default=0), count, convo)
+    def ahead(self, extra: Sequence[Event], records: Sequence[Record] = ()) -> Fold:
+        """The fold as it would stand with `extra` (and `records`) appended, leaving the copy's as it is."""
+        state = self._state()
+        # an input waiting for an event not in the copy: only a fold of the whole copy places it
+        state = state.clone() if state.carried else self._fold_all()
+        for key, body in _records(records).items():
+            state.record(key, body)
+        for event in extra:
+            state.add(state.last + 1, event.model_dump(mode="json"))
+        return state
+
+    def expect(self, state: Fold, count: int) -> None:
+        """`state` is what the fold will be once the next append (of `count` events, no processed marks)
+        lands right after the copy's last event: keep it instead of folding the append again."""
+        self._expected = (count, state)
+
+    def _state(self) -> Fold:
+        if self._fold is None:
+            self._fold = self._fold_all()
+        elif self._verify_fold:
+            self._verify(self._fold)
+        return self._fold
+
+    def _fold_all(self) -> Fold:
+        state = Fold(dict(self.records))
+        for seq, event in sorted(self.events.items()):
+            state.add(seq, event)
+        return state
+
+    def _verify(self, state: Fold) -> None:
+        carried, whole = state.result(), self._fold_all().result()
+        if carried != whole:
+            raise AssertionError(f"carried fold of {self.session_id} differs:\n{carried}\nwhole:\n{whole}")
 
     async def append(
         self,
@@ -95,7 +125,7 @@ class RunLog:
     ) -> list[LoggedEvent]:
         """Append under this worker's lease (see `EventLog.append`) and keep the copy in step."""
         expected, self._expected = self._expected, None
-        self._folded = None
+        state, self._fold = self._fold, None
         logged = await self.store.events.append(
             self.session_id,
             events,
@@ -105,7 +135,8 @@ class RunLog:
             records=records,
             processed=processed,
         )
-        self.records.update(_records(records))
+        new_records = _records(records)
+        self.records.update(new_records)
         stamp = format_timestamp(from_micros(now_micros()))  # the stored stamp differs by microseconds
         for seq in processed:
             if seq in self.events:
@@ -114,10 +145,18 @@ class RunLog:
             self.events[item.seq] = json.loads(item.json)
         if logged and logged[0].seq == self.head + 1:
             self.head = logged[-1].seq  # else others appended in between: the next refresh reads the gap
-        if expected is not None and not processed and logged:
-            last, count, convo = expected
-            if logged[0].seq == last + 1 and len(logged) == count and self.head == logged[-1].seq:
-                self._folded = convo
+        # carry the fold when the append landed right after what it had folded (input taken in changes
+        # earlier events: fold the whole copy again then)
+        if state is None or processed or (logged and logged[0].seq != state.last + 1):
+            return logged
+        if expected is not None and len(logged) == expected[0] and (not logged or self.head == logged[-1].seq):
+            self._fold = expected[1]
+        else:
+            for key, body in new_records.items():
+                state.record(key, body)
+            for item in logged:
+                state.add(item.seq, self.events[item.seq])
+            self._fold = state
         return logged
 
 
