@@ -156,7 +156,7 @@ async def run(n: int, ca: bool, ballast_mb: int) -> dict[str, list[float]]:
                 result = await probes[name](i)
                 if i < 3:
                     continue
-                for key, value in (result.items() if isinstance(result, dict) else [(name, result)]):
+                for key, value in result.items() if isinstance(result, dict) else [(name, result)]:
                     samples.setdefault(key, []).append(value)
     finally:
         await pool.aclose()
