@@ -48,8 +48,8 @@ from corral.sandbox.provision import (  # shared with the gVisor backend; re-exp
     UID_COUNT,
     WORKSPACE,
     default_host_uid,
+    helper_code,
     helper_command,
-    helper_sources,
     prepare_workdir,
     provision,
     sandbox_env,
@@ -175,9 +175,10 @@ class BwrapSandbox(HelperSandbox):
         bwrap = find_bwrap()
         ready = await provision(spec, limits, host_uid, python, egress)
         limits, uid, mounts, listener = ready.limits, ready.uid, ready.mounts, ready.listener
-        command = helper_command(python, limits, proxy=listener is not None)
         sockets = {SANDBOX_PROXY_SOCKET: listener.path} if listener is not None else {}
         try:
+            code = await helper_code(python)
+            command = helper_command(python, limits, proxy=listener is not None, files=code)
             trusted = await trusted_files(egress)
             cgroup = await asyncio.to_thread(cgroups.Cgroup.create, limits)
         except BaseException:
@@ -189,7 +190,7 @@ class BwrapSandbox(HelperSandbox):
         try:
             for dest, data in GENERATED.items():
                 files[dest] = _memfd(dest.rsplit("/", 1)[1], data)
-            for dest, data in helper_sources().items():
+            for dest, data in code.items():
                 files[dest] = _memfd(dest.rsplit("/", 1)[1], data)
             for dest, data in trusted.items():
                 files[dest] = _memfd(dest.rsplit("/", 1)[1], data)
