@@ -150,6 +150,26 @@ async def test_helper_code_falls_back_to_sources_when_python_cannot_compile(tmp_
     assert helper_command(str(fake), SandboxLimits(), proxy=False, files=code)[3] == "/sbx/helper.py"
 
 
+async def test_shell_gets_only_its_pipes_and_default_signal_handling(sbx: Sandbox) -> None:
+    """The shell is spawned without subprocess: still no helper descriptor leaks into it, and SIGPIPE is
+    back to its default (Python ignores it), so `yes | head` ends quietly."""
+    fds = await ok(sbx, "bash", {"command": "for f in /proc/$$/fd/*; do readlink $f; done; true"})
+    targets = fds.splitlines()  # 0-2, and the copies `eval` keeps of its redirected ones
+    assert all(t == "/dev/null" or t.startswith("pipe:") for t in targets), fds
+    assert len({t for t in targets if t.startswith("pipe:")}) == 2, fds  # its own stdin, stdout+stderr
+    assert await ok(sbx, "bash", {"command": "yes | head -2; echo ${PIPESTATUS[0]}"}) == "y\ny\n141"
+
+
+async def test_non_ascii_and_undecodable_names_travel_both_ways(sbx: Sandbox) -> None:
+    """Replies are encoded by the helper's own `_json` codec: non-ASCII text is kept, undecodable bytes
+    in names (surrogates) do not break a reply, and a search that returns them comes back too."""
+    assert await ok(sbx, "bash", {"command": "echo 'ünï €'; touch $'bad\\xff.txt'"}) == "ünï €"
+    assert await ok(sbx, "read", {"file_path": "/etc/hostname"}) == "sbx\n"
+    found = await ok(sbx, "glob", {"pattern": "bad*"})
+    assert found.startswith("/workspace/bad") and found.endswith(".txt"), found
+    await ok(sbx, "bash", {"command": "rm -f bad*"})
+
+
 async def test_unknown_tool_is_an_error_result(sbx: Sandbox) -> None:
     assert await err(sbx, "web_fetch", {"url": "http://example.com"}) == "unknown sandbox tool: web_fetch"
 
