@@ -192,6 +192,24 @@ async def test_every_process_starts_in_its_cgroup_under_its_limits_and_uid(pool:
     await ok(sandbox, "bash", {"restart": True})
 
 
+async def test_without_util_linux_the_preexec_launch_applies_the_same_limits(
+    sandbox_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No `prlimit`/`setpriv` on the host: bwrap is forked with a `preexec_fn` instead, same guarantees."""
+    from corral.sandbox import local
+
+    monkeypatch.setattr(local, "_launch_tools", lambda: None)
+    pool = SandboxPool(sandbox_root / "preexec-launch", "bwrap", egress=False)
+    try:
+        sandbox = await pool.get(SandboxSpec("preexec", ""))
+        assert isinstance(sandbox, local.BwrapSandbox)
+        assert await ok(sandbox, "bash", {"command": "ulimit -t"}) == str(sandbox.limits.cpu_seconds)
+        if sandbox.cgroup is not None:
+            assert set(_descendants(sandbox._proc.pid)) <= set(sandbox.cgroup.pids())
+    finally:
+        await pool.aclose()
+
+
 async def test_fork_bomb_is_contained(pool: SandboxPool) -> None:
     sandbox = await pool.get(SandboxSpec("forkbomb", ""))
     assert isinstance(sandbox, ISOLATED)
