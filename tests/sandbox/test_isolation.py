@@ -155,6 +155,61 @@ async def test_no_privileges_inside(sbx: Sandbox) -> None:
         assert "unshare failed" in await err(sbx, "bash", {"command": "unshare -U true"})  # --disable-userns
 
 
+def _descendants(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        found.append(parent)
+        for task in Path(f"/proc/{parent}/task").iterdir():
+            todo += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+async def test_every_process_starts_in_its_cgroup_under_its_limits_and_uid(pool: SandboxPool) -> None:
+    """bwrap is launched without `preexec_fn` (`local.launcher`): the whole tree, from the outer bwrap
+    down, is in the sandbox's cgroups, under its rlimits, as its own uid with no groups, and no
+    descriptor of the launch leaks into the sandbox."""
+    sandbox = await pool.get(SandboxSpec("launched", ""))
+    if isinstance(sandbox, GvisorSandbox) or sandbox.cgroup is None:
+        pytest.skip("bubblewrap with cgroups only")
+    await ok(sandbox, "bash", {"command": "sleep 30 & true"})
+    tree = _descendants(sandbox._proc.pid)
+    assert len(tree) >= 5  # outer bwrap, inner bwrap, helper, shell, sleep
+    assert set(tree) <= set(sandbox.cgroup.pids())
+    for pid in tree:
+        status = Path(f"/proc/{pid}/status").read_text()
+        limits = Path(f"/proc/{pid}/limits").read_text()
+        if sandbox.host_uid is not None:
+            uids = next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:]
+            assert uids == [str(sandbox.host_uid)] * 4, status
+            assert next(line for line in status.splitlines() if line.startswith("Groups:")).split() == ["Groups:"]
+            nproc = next(line for line in limits.splitlines() if line.startswith("Max processes"))
+            assert nproc.split()[2:4] == [str(sandbox.limits.pids)] * 2, limits
+        cpu = next(line for line in limits.splitlines() if line.startswith("Max cpu time"))
+        assert cpu.split()[3:5] == [str(sandbox.limits.cpu_seconds)] * 2, limits
+    fds = await ok(sandbox, "bash", {"command": "for f in /proc/$PPID/fd/*; do readlink $f; done; true"})
+    assert "cgroup" not in fds and "memfd" not in fds, fds
+    await ok(sandbox, "bash", {"restart": True})
+
+
+async def test_without_util_linux_the_preexec_launch_applies_the_same_limits(
+    sandbox_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No `prlimit`/`setpriv` on the host: bwrap is forked with a `preexec_fn` instead, same guarantees."""
+    from corral.sandbox import local
+
+    monkeypatch.setattr(local, "_launch_tools", lambda: None)
+    pool = SandboxPool(sandbox_root / "preexec-launch", "bwrap", egress=False)
+    try:
+        sandbox = await pool.get(SandboxSpec("preexec", ""))
+        assert isinstance(sandbox, local.BwrapSandbox)
+        assert await ok(sandbox, "bash", {"command": "ulimit -t"}) == str(sandbox.limits.cpu_seconds)
+        if sandbox.cgroup is not None:
+            assert set(_descendants(sandbox._proc.pid)) <= set(sandbox.cgroup.pids())
+    finally:
+        await pool.aclose()
+
+
 async def test_fork_bomb_is_contained(pool: SandboxPool) -> None:
     sandbox = await pool.get(SandboxSpec("forkbomb", ""))
     assert isinstance(sandbox, ISOLATED)

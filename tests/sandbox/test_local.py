@@ -13,8 +13,10 @@ import pytest
 
 from corral.sandbox.base import Sandbox, SandboxDied, SandboxSpec, SandboxUnavailable
 from corral.sandbox.gvisor import GvisorSandbox, check_gvisor
+from corral.sandbox.limits import SandboxLimits
 from corral.sandbox.local import BwrapSandbox, check_isolation
 from corral.sandbox.pool import SandboxPool
+from corral.sandbox.provision import helper_code, helper_command, helper_sources
 
 from .helpers import ISOLATED, err, inside_uid, ok, text
 
@@ -127,6 +129,45 @@ async def test_pings_are_answered_during_a_long_call(sbx: Sandbox) -> None:
     assert sbx.busy
     assert await sbx.ping(timeout=0.5) < 0.5
     await call
+
+
+async def test_helper_runs_from_bytecode_made_by_the_sandboxs_python(sbx: Sandbox) -> None:
+    """The host compiles the helper once with the image's python; the sandbox gets only the bytecode, and
+    the file tools load from it too."""
+    listing = await ok(sbx, "bash", {"command": "ls /sbx; tr '\\0' ' ' </proc/$PPID/cmdline"})
+    assert listing.splitlines()[:3] == ["helper.pyc", "helper_files.pyc", "helper_net.pyc"], listing
+    assert "/sbx/helper.pyc --workdir /workspace" in listing
+    assert await ok(sbx, "write", {"file_path": "b.txt", "content": "x\n"})
+    assert await ok(sbx, "read", {"file_path": "b.txt"}) == "x\n"
+
+
+async def test_helper_code_falls_back_to_sources_when_python_cannot_compile(tmp_path: Path) -> None:
+    fake = tmp_path / "python3"
+    fake.write_text("#!/bin/sh\nexit 1\n")
+    fake.chmod(0o755)
+    code = await helper_code(str(fake))
+    assert code == helper_sources()
+    assert helper_command(str(fake), SandboxLimits(), proxy=False, files=code)[3] == "/sbx/helper.py"
+
+
+async def test_shell_gets_only_its_pipes_and_default_signal_handling(sbx: Sandbox) -> None:
+    """The shell is spawned without subprocess: still no helper descriptor leaks into it, and SIGPIPE is
+    back to its default (Python ignores it), so `yes | head` ends quietly."""
+    fds = await ok(sbx, "bash", {"command": "for f in /proc/$$/fd/*; do readlink $f; done; true"})
+    targets = fds.splitlines()  # 0-2, and the copies `eval` keeps of its redirected ones
+    assert all(t == "/dev/null" or t.startswith("pipe:") for t in targets), fds
+    assert len({t for t in targets if t.startswith("pipe:")}) == 2, fds  # its own stdin, stdout+stderr
+    assert await ok(sbx, "bash", {"command": "yes | head -2; echo ${PIPESTATUS[0]}"}) == "y\ny\n141"
+
+
+async def test_non_ascii_and_undecodable_names_travel_both_ways(sbx: Sandbox) -> None:
+    """Replies are encoded by the helper's own `_json` codec: non-ASCII text is kept, undecodable bytes
+    in names (surrogates) do not break a reply, and a search that returns them comes back too."""
+    assert await ok(sbx, "bash", {"command": "echo 'ünï €'; touch $'bad\\xff.txt'"}) == "ünï €"
+    assert await ok(sbx, "read", {"file_path": "/etc/hostname"}) == "sbx\n"
+    found = await ok(sbx, "glob", {"pattern": "bad*"})
+    assert found.startswith("/workspace/bad") and found.endswith(".txt"), found
+    await ok(sbx, "bash", {"command": "rm -f bad*"})
 
 
 async def test_unknown_tool_is_an_error_result(sbx: Sandbox) -> None:

@@ -55,8 +55,8 @@ from corral.sandbox.provision import (
     ETC_FILES,
     WORKSPACE,
     generated_files,
+    helper_code,
     helper_command,
-    helper_sources,
     provision,
     sandbox_env,
     trusted_files,
@@ -222,9 +222,11 @@ class GvisorSandbox(HelperSandbox):
             cgroup = await asyncio.to_thread(cgroups.Cgroup.create, host_limits(limits))
             inside_uid = uid if uid is not None else 0
             trusted = await trusted_files(egress)
-            data = {**generated_files(inside_uid), **helper_sources(), **trusted}
+            code = await helper_code(python)
+            data = {**generated_files(inside_uid), **code, **trusted}
             # The helper under sh: PID 1 must reap orphans, which the helper does not.
-            command = ["/bin/sh", "-c", '"$@"; exit $?', "sh", *helper_command(python, limits, proxy=bool(listener))]
+            helper = helper_command(python, limits, proxy=bool(listener), files=code)
+            command = ["/bin/sh", "-c", '"$@"; exit $?', "sh", *helper]
             # RLIMIT_AS: twice the memory budget. The Sentry holds all of the sandbox's memory, so a cgroup
             # OOM kill takes the whole sandbox, not one process: a per-process cap near the budget makes a
             # hog fail alone. Not the budget itself: V8 (node, npm) reserves more address space than it uses.

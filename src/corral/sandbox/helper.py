@@ -18,31 +18,100 @@ thread relays TCP connections on 127.0.0.1:`--proxy-port` to the host's egress p
 
 from __future__ import annotations
 
-import contextlib
-import json
+import _thread
 import os
-import queue
-import re
 import select
-import signal
 import sys
-import threading
 import time
+from _signal import SIGKILL, SIGPIPE, SIGXFSZ
 
-# subprocess is imported with the first shell and pathlib/base64 by the tools that need them: cold start
-# is on every session's critical path. argparse/uuid/shlex are avoided altogether for the same reason.
+# Cold start is on every session's critical path, and each stdlib module costs here (`json` alone pulls in
+# re, enum, functools and collections: ~10 ms of a sandbox start on a slow machine). So the helper
+# answers its first ping with builtin modules only: `_thread` rather than threading/queue, `_json` rather
+# than json, `os.posix_spawn` rather than subprocess, try/except rather than contextlib; `re` is imported
+# only when bash output holds an escape sequence, pathlib/base64 by the file tools that need them, and
+# argparse/uuid/shlex never.
 
-ANSI = re.compile(rb"\x1b\[[0-9;?]*[ -/]*[@-~]")
+ANSI = None  # the escape-sequence regex, compiled on first use
+
+
+def json_codec():
+    """(loads, dumps, dumps_ascii) built on the C accelerator `_json` alone, which is what `json` runs
+    on anyway; the `json` module itself where `_json` is missing."""
+    try:
+        import _json
+
+        class Context:  # what `_json.make_scanner` reads off a `json.JSONDecoder`
+            strict = True
+            object_hook = object_pairs_hook = None
+            parse_float, parse_int = float, int
+            parse_constant = {"-Infinity": float("-inf"), "Infinity": float("inf"), "NaN": float("nan")}.__getitem__
+
+        scan = _json.make_scanner(Context)
+
+        def default(o):
+            raise TypeError(f"Object of type {type(o).__name__} is not JSON serializable")
+
+        def encoder(strings):
+            encode = _json.make_encoder(None, default, strings, None, ": ", ", ", False, False, True)
+            return lambda obj: "".join(encode(obj, 0))
+
+        dumps, dumps_ascii = encoder(_json.encode_basestring), encoder(_json.encode_basestring_ascii)
+    except (ImportError, AttributeError, TypeError):
+        import json
+
+        return json.loads, lambda obj: json.dumps(obj, ensure_ascii=False), json.dumps
+
+    def loads(data):
+        text = (data.decode("utf-8", "surrogatepass") if isinstance(data, bytes) else data).strip(" \t\n\r")
+        try:
+            obj, end = scan(text, 0)
+        except StopIteration:
+            raise ValueError("not a JSON document") from None
+        if end != len(text):
+            raise ValueError("extra data after the JSON document")
+        return obj
+
+    return loads, dumps, dumps_ascii
+
+
+json_loads, json_dumps, json_dumps_ascii = json_codec()
+
+
+class Flag:
+    """threading.Event's set/clear/is_set without importing threading: set by the reader, polled by calls."""
+
+    def __init__(self) -> None:
+        self.value = False
+
+    def set(self) -> None:
+        self.value = True
+
+    def clear(self) -> None:
+        self.value = False
+
+    def is_set(self) -> bool:
+        return self.value
 
 
 def load_sibling(name: str):
-    """`name`.py from beside this file, by path: `-I` keeps our directory off sys.path."""
-    import importlib.util
+    """`name` from beside this file, by path (`-I` keeps our directory off sys.path): its bytecode
+    `name.pyc` when the host compiled it (a sandbox cannot cache bytecode itself), else `name.py`.
+    Without importlib, whose import costs ~1 ms."""
+    import marshal
 
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), name + ".py")
-    spec = importlib.util.spec_from_file_location("corral_" + name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    base = os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
+    module = type(sys)("corral_" + name)
+    try:
+        with open(base + ".pyc", "rb") as f:
+            code = marshal.loads(f.read()[16:])  # header: magic, flags, 8 bytes unused when run this way
+        module.__file__ = base + ".pyc"
+    except FileNotFoundError:
+        with open(base + ".py", "rb") as f:
+            code = compile(f.read(), base + ".py", "exec", dont_inherit=True)
+        module.__file__ = base + ".py"
+    sys.modules[module.__name__] = module
+    exec(code, module.__dict__)
     return module
 
 
@@ -65,7 +134,7 @@ def start_forwarder(port: int, path: str) -> None:
             sys.stderr.write(f"helper: egress forwarder stopped: {e!r}\n")
             listener.close()
 
-    threading.Thread(target=run, name="egress-forwarder", daemon=True).start()
+    _thread.start_new_thread(run, ())
 
 
 files = load_sibling("helper_files")
@@ -73,42 +142,84 @@ ToolError = files.ToolError
 
 
 class Shell:
-    """A persistent /bin/bash in its own session: cwd, env and jobs survive between calls."""
+    """A persistent /bin/bash in its own session: cwd, env and jobs survive between calls.
+
+    Started with `os.posix_spawn` (vfork + exec; `subprocess` costs ~10 ms to import here) the way
+    `subprocess.Popen(start_new_session=True)` would: stdin and stdout+stderr on pipes, SIGPIPE and
+    SIGXFSZ back to their defaults (Python ignores them), every other inheritable descriptor closed. The
+    cwd is the helper's own, the workdir."""
 
     def __init__(self, cwd: str, env: dict, limit: int) -> None:
-        import subprocess
-
-        self.subprocess = subprocess
         self.limit = limit
-        self.proc = subprocess.Popen(
-            ["/bin/bash", "--noprofile", "--norc"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            cwd=cwd,
-            env=env,
-            start_new_session=True,
-        )
-        assert self.proc.stdout is not None and self.proc.stdin is not None
-        self.out_fd = self.proc.stdout.fileno()
-        self.in_fd = self.proc.stdin.fileno()
+        self.returncode = None
+        in_r, self.in_fd = os.pipe()
+        self.out_fd, out_w = os.pipe()
+        inherited = [int(fd) for fd in os.listdir("/proc/self/fd") if int(fd) > 2]
+        inherited = [fd for fd in inherited if fd not in (in_r, out_w) and _inheritable(fd)]
+        actions = [(os.POSIX_SPAWN_DUP2, in_r, 0), (os.POSIX_SPAWN_DUP2, out_w, 1), (os.POSIX_SPAWN_DUP2, out_w, 2)]
+        actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in inherited]
+        try:
+            if os.path.realpath(".") != os.path.realpath(cwd):
+                os.chdir(cwd)
+            self.pid = os.posix_spawn(
+                "/bin/bash",
+                ["/bin/bash", "--noprofile", "--norc"],
+                env,
+                file_actions=actions,
+                setsid=True,
+                setsigdef=(SIGPIPE, SIGXFSZ),
+            )
+        except BaseException:
+            os.close(self.in_fd)
+            os.close(self.out_fd)
+            raise
+        finally:
+            os.close(in_r)
+            os.close(out_w)
+
+    def poll(self):
+        """The shell's exit status (negative: killed by that signal), or None while it runs."""
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                self.returncode = -1
+            else:
+                if pid:
+                    self.returncode = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+        return self.returncode
+
+    def wait(self, timeout: float):
+        """`poll()` until the shell exits or `timeout` passes (like `Popen.wait`, None on timeout)."""
+        deadline, delay = time.monotonic() + timeout, 0.0005
+        while self.poll() is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            time.sleep(min(delay, left))
+            delay = min(delay * 2, 0.05)
+        return self.returncode
 
     def kill(self) -> None:
         """SIGKILL the shell's whole process group (repeatedly: a fork bomb keeps adding members)."""
         for _ in range(50):
             try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
+                os.killpg(self.pid, SIGKILL)
             except (ProcessLookupError, PermissionError):
                 break
-            if self.proc.poll() is None:
-                with contextlib.suppress(self.subprocess.TimeoutExpired):
-                    self.proc.wait(0.5)
+            if self.poll() is None:
+                self.wait(0.5)
             time.sleep(0.002)
-        for f in (self.proc.stdin, self.proc.stdout):
-            with contextlib.suppress(OSError, AttributeError):
-                f.close()  # type: ignore[union-attr]
+        self.poll()
+        for fd in (self.in_fd, self.out_fd):
+            if fd >= 0:
+                try:  # noqa: SIM105 (contextlib is one import more on the cold start)
+                    os.close(fd)
+                except OSError:
+                    pass
+        self.in_fd = self.out_fd = -1
 
-    def run(self, command: str, timeout: float, wake_fd: int, cancelled: threading.Event):
+    def run(self, command: str, timeout: float, wake_fd: int, cancelled: Flag):
         """Run one command; returns (output_bytes, truncated, status, exit_code)."""
         marker = f"__CORRAL_{os.urandom(16).hex()}__"
         split = marker[:9] + "''" + marker[9:]  # the literal marker never appears in what we send
@@ -147,15 +258,21 @@ class Shell:
                     del buf[: len(buf) - self.limit - len(mark)]
                     truncated = True
                 scan_from = max(0, len(buf) - len(mark))
-            elif not events and self.proc.poll() is not None:  # exited, but a background job holds stdout
+            elif not events and self.poll() is not None:  # exited, but a background job holds stdout
                 return bytes(buf), truncated, "exited", self._exit_code()
 
     def _exit_code(self) -> int:
-        try:
-            rc = self.proc.wait(1)
-        except self.subprocess.TimeoutExpired:
+        rc = self.wait(1)
+        if rc is None:
             return -1
         return 128 - rc if rc < 0 else rc
+
+
+def _inheritable(fd: int) -> bool:
+    try:
+        return os.get_inheritable(fd)
+    except OSError:
+        return False
 
 
 class Helper:
@@ -165,16 +282,20 @@ class Helper:
         self.default_timeout = default_timeout
         self.shell: Shell | None = None
         self.tools = files.FileTools(workdir, self.guard)
-        self.out_lock = threading.Lock()
-        self.state_lock = threading.Lock()
+        self.out_lock = _thread.allocate_lock()
+        self.state_lock = _thread.allocate_lock()
         self.received = 0  # highest call id queued so far
         self.cancel_upto = 0  # calls with an id up to this were interrupted
         self.current = 0  # id of the call running now (0 = none)
-        self.cancelled = threading.Event()
+        self.cancelled = Flag()
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
-        self.calls: queue.Queue = queue.Queue()
+        try:
+            from _queue import SimpleQueue
+        except ImportError:
+            from queue import SimpleQueue
+        self.calls = SimpleQueue()
         self.env = {  # never a server variable; a vault credential's placeholder may have any name
             k: v
             for k, v in os.environ.items()
@@ -184,7 +305,7 @@ class Helper:
 
     # -- plumbing --------------------------------------------------------------------------------
     def send(self, obj: dict) -> None:
-        line = json.dumps(obj, ensure_ascii=False).encode("utf-8", "replace") + b"\n"
+        line = json_dumps(obj).encode("utf-8", "replace") + b"\n"
         with self.out_lock:
             sys.stdout.buffer.write(line)
             sys.stdout.buffer.flush()
@@ -193,7 +314,7 @@ class Helper:
         """Reader thread: queue calls, answer pings, handle interrupts; on EOF stop everything."""
         for raw in sys.stdin.buffer:
             try:
-                req = json.loads(raw)
+                req = json_loads(raw)
             except ValueError:
                 continue
             op = req.get("op")
@@ -215,11 +336,13 @@ class Helper:
             if not self.current:
                 return
             self.cancelled.set()
-        with contextlib.suppress(BlockingIOError):
+        try:  # noqa: SIM105
             os.write(self.wake_w, b"x")
+        except BlockingIOError:
+            pass
 
     def serve(self) -> None:
-        threading.Thread(target=self.read_loop, daemon=True).start()
+        _thread.start_new_thread(self.read_loop, ())
         while True:
             req = self.calls.get()
             if req is None:
@@ -229,9 +352,11 @@ class Helper:
                 skip = call_id <= self.cancel_upto
                 self.current = 0 if skip else call_id
                 self.cancelled.clear()
-                with contextlib.suppress(BlockingIOError):
+                try:
                     while os.read(self.wake_r, 4096):
                         pass
+                except BlockingIOError:
+                    pass
             if skip:
                 reply = {"content": [{"type": "text", "text": f"{req.get('name')}: interrupted"}], "is_error": True}
             else:
@@ -284,7 +409,7 @@ class Helper:
                     outcome = ["error", str(e)]
                 except Exception as e:
                     outcome = ["error", f"{op}: internal error: {e!r}"]
-                data = json.dumps(outcome).encode()
+                data = json_dumps_ascii(outcome).encode()
                 while data:
                     data = data[os.write(w, data) :]
             finally:
@@ -296,14 +421,14 @@ class Helper:
         finally:
             os.close(r)
             if status != "done":
-                os.kill(pid, signal.SIGKILL)
+                os.kill(pid, SIGKILL)
             os.waitpid(pid, 0)
         if status == "timeout":
             raise ToolError(f"{op}: timed out after {timeout:g}s")
         if status == "interrupted":
             raise ToolError(f"{op}: interrupted")
         try:
-            kind, value = json.loads(data)
+            kind, value = json_loads(data)
         except ValueError:
             raise ToolError(f"{op}: the search process died") from None
         if kind == "error":
@@ -340,7 +465,7 @@ class Helper:
             return "bash session restarted"
         if not command:
             raise ToolError("bash: command is required")
-        if self.shell is None or self.shell.proc.poll() is not None:
+        if self.shell is None or self.shell.poll() is not None:
             self.shell = Shell(self.workdir, self.env, self.limit)
         try:
             out, truncated, status, code = self.shell.run(command, timeout, self.wake_r, self.cancelled)
@@ -370,7 +495,14 @@ class Helper:
         if truncated:
             while out and out[0] & 0xC0 == 0x80:  # don't start in the middle of a UTF-8 sequence
                 out = out[1:]
-        text = ANSI.sub(b"", out).decode("utf-8", "replace")
+        if b"\x1b" in out:
+            global ANSI
+            if ANSI is None:
+                import re
+
+                ANSI = re.compile(rb"\x1b\[[0-9;?]*[ -/]*[@-~]")
+            out = ANSI.sub(b"", out)
+        text = out.decode("utf-8", "replace")
         return "[output truncated]\n" + text if truncated else text
 
 

@@ -8,7 +8,6 @@ the SDK's reference toolset (`anthropic/lib/tools/agent_toolset.py`).
 from __future__ import annotations
 
 import os
-import re
 import stat
 import sys
 from itertools import islice
@@ -197,6 +196,8 @@ class FileTools:
 
     def grep(self, inp: dict, timeout: float) -> str:
         pattern, path = arg(inp, "pattern", str, required=True), arg(inp, "path", str)
+        import re  # here, not at the top: the helper loads this module on every sandbox's cold start
+
         try:
             rx = re.compile(pattern)
         except re.error as e:
@@ -241,7 +242,7 @@ def mtime(p) -> float:
         return 0.0
 
 
-def grep_walk(rx: re.Pattern, root: str) -> str:
+def grep_walk(rx, root: str) -> str:  # rx: a compiled re.Pattern
     """ripgrep-style `path:line:text`; skips symlinks, binaries, .git/node_modules and over-long lines."""
     hits: list[str] = []
     budget = GREP_LIMIT
