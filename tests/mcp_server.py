@@ -3,7 +3,7 @@ bearer-token check, plus an OAuth token endpoint that refreshes tokens (RFC 6749
 
 Any path ending in `/mcp` reaches the same server (so tests can declare several servers by URL);
 every request's path and `Authorization` header are recorded. Tokens are accepted while they are in
-`tokens`; the token endpoint (`/token`, client `client-1` / `shh` over HTTP Basic) trades a refresh
+`tokens`; the token endpoint (`/token`, client `client-1` / `CLIENT_SECRET` over HTTP Basic) trades a refresh
 token in `refresh_tokens` for a new access token, which it adds to `tokens`, and rotates the refresh
 token.
 """
@@ -25,7 +25,7 @@ from mcp.server.mcpserver import MCPServer
 from corral.listen import listen_socket
 
 CLIENT_ID = "client-1"
-CLIENT_SECRET = "shh"
+CLIENT_SECRET = "client-secret-9d41c7e2"  # long enough never to turn up by chance inside a random id
 
 
 @dataclass
