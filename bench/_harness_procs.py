@@ -142,7 +142,10 @@ def fake_model() -> Iterator[Child]:
 
 class TimedModel:
     """Wraps the runtime's ModelClient: records (marker, start ns, end ns) of every model call, from the
-    harness's first read of the stream to the finished `ModelResponse`."""
+    harness's first read of the stream to the finished `ModelResponse`, less the time the harness held
+    the stream between two items (it waits there for the step before to commit, see
+    `RunLog.append_behind`): the start is moved later by that much, so that time counts as the harness's,
+    not the model's."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
@@ -152,13 +155,15 @@ class TimedModel:
     async def stream(self, request: Any) -> AsyncIterator[Any]:
         from corral.models.base import ModelResponse
 
-        start = time.perf_counter_ns()
+        start, held = time.perf_counter_ns(), 0
         _, marker, _ = turn_of(request.messages)
         async for item in self.inner.stream(request):
             if isinstance(item, ModelResponse):
                 with self.lock:
-                    self.calls.append((marker, start, time.perf_counter_ns()))
+                    self.calls.append((marker, start + held, time.perf_counter_ns()))
+            handed = time.perf_counter_ns()
             yield item
+            held += time.perf_counter_ns() - handed
 
     async def aclose(self) -> None:
         await self.inner.aclose()

@@ -69,6 +69,33 @@ def test_previews_stream_before_the_buffered_message(agents: anthropic.Anthropic
     assert [e.type for e in agents.beta.sessions.events.list(session.id) if e.type.startswith("event_")] == []
 
 
+def test_a_step_is_on_the_stream_before_previews_of_the_call_it_chains(
+    agents: anthropic.Anthropic, fake: FakeModel
+) -> None:
+    """The call after a refused tool is sent while the refusal's append commits (`append_behind`); what
+    it streams is looked at only once that append has landed, so every stream shows the step's events,
+    then the next span's start, then its previews, and the call saw the refusal in its context."""
+    session = new_session(agents)
+    for i in range(3):
+        fake.reply(tool_use=[("not_a_tool_of_this_agent", {"n": i})])
+    fake.reply(text="alpha beta gamma")
+    seen = turn(agents, session.id, [text("go")], deltas=["agent.message"])
+    kinds = types(seen)
+    starts = [i for i, k in enumerate(kinds) if k == "span.model_request_start"]
+    ends = [i for i, k in enumerate(kinds) if k == "span.model_request_end"]
+    uses = [i for i, k in enumerate(kinds) if k == "agent.tool_use"]
+    assert len(starts) == len(ends) == 4 and len(uses) == 3, kinds
+    for step in range(3):
+        assert starts[step] < uses[step] < ends[step] < starts[step + 1], kinds
+    preview = kinds.index("event_start")
+    assert starts[3] < preview < kinds.index("agent.message") < ends[3], kinds
+    messages = fake.model_requests[-1].json["messages"]
+    refused = [b for m in messages if m["role"] == "user" for b in m["content"] if b["type"] == "tool_result"]
+    assert len(refused) == 3 and all(b["is_error"] for b in refused)
+    logged = [e.type for e in agents.beta.sessions.events.list(session.id)]
+    assert logged == [k for k in kinds if not k.startswith("event_")]
+
+
 def test_overloaded_model_is_retried_then_succeeds(agents: anthropic.Anthropic, fake: FakeModel) -> None:
     session = new_session(agents)
     fake.fail(529, times=2).reply(text="finally")

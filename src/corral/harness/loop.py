@@ -10,8 +10,9 @@ that began but has no result is answered with an error saying so, never run a se
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -115,6 +116,8 @@ class Harness:
                 while await self._step(runlog, watcher):
                     pass
             finally:
+                with contextlib.suppress(Exception):  # the run failed: what it failed on is already raised
+                    await runlog.settle()
                 watcher.close()
                 if self.mcp is not None:
                     self.mcp.forget(session_id)
@@ -221,8 +224,7 @@ class Harness:
             return
         errors += [SessionError(id=new_id("event"), processed_at=_now(), error=error) for error in result.errors]
         done = [*errors, _result_event(tool, result.content, result.is_error)]
-        await p.log.append(self._chain(p, done))
-        await crashpoints.reach("after_tool_result")
+        await self._append_step(p, self._chain(p, done), (), "after_tool_result")
 
     # ---- model --------------------------------------------------------------------------------
 
@@ -271,6 +273,17 @@ class Harness:
         p.log.expect(state, len(events) + 1)
         return [*events, start]
 
+    async def _append_step(self, p: _Pass, events: list[Event], records: Sequence[Record], crashpoint: str) -> None:
+        """Append what a step produced. When it ends with the next model call's span start (`_chain`), that
+        call is sent while the append commits (`RunLog.append_behind`): a step costs the commit's latency
+        only where the two do not overlap. The call looks at nothing the model sends before the append
+        has landed, so streams see the step's events before any preview of the next call."""
+        if p.log.chained_span is not None and events and events[-1].id == p.log.chained_span:
+            p.log.append_behind(events, records, lambda: crashpoints.reach(crashpoint))
+            return
+        await p.log.append(events, records=records)
+        await crashpoints.reach(crashpoint)
+
     def _request(self, session: Session, convo: Conversation, offer: MCPOffer) -> ModelRequest:
         agent = session.agent
         return ModelRequest(
@@ -292,7 +305,8 @@ class Harness:
             offer = MCPOffer() if self.mcp is None else await p.watcher.guard(self.mcp.offer(p.session))
             if offer.errors:  # a server failed to list: the model goes on without its tools
                 await self._append(p, list(offer.errors))
-            response = await p.watcher.guard(self._stream(session_id, self._request(p.session, p.convo, offer), ids))
+            request = self._request(p.session, p.convo, offer)
+            response = await p.watcher.guard(self._stream(session_id, request, ids, p.log.settle))
         except Interrupted:
             await self._append(p, [_span_end(start_id, None, error=True)])
             return
@@ -310,14 +324,22 @@ class Harness:
         await self._append(p, [*first, start])
         return start
 
-    async def _stream(self, session_id: str, request: ModelRequest, ids: _ResponseIds) -> ModelResponse:
+    async def _stream(
+        self, session_id: str, request: ModelRequest, ids: _ResponseIds, settle: Callable[[], Awaitable[None]]
+    ) -> ModelResponse:
         """Stream the model, previewing text as `event_delta`s of the `agent.message` to come.
 
-        Preview indices count non-empty text blocks, as the buffered message's `content` will."""
+        `settle` is awaited before the first thing the model sends is looked at (the step before may
+        still be committing). Preview indices count non-empty text blocks, as the buffered message's
+        `content` will."""
         hub = self.store.hub
         started_text = started_thinking = False
         text_index: dict[int, int] = {}
+        settled = False
         async for item in self.model.stream(request):
+            if not settled:
+                await settle()
+                settled = True
             if isinstance(item, BlockStart):
                 if item.kind == "text" and not started_text:
                     started_text = True
@@ -414,8 +436,7 @@ class Harness:
         records: list[Record] = [
             (start_id, "model_output", {"content": content, "stop_reason": response.stop_reason, "tools": tools})
         ]
-        await p.log.append(self._chain(p, events, records), records=records)
-        await crashpoints.reach("after_model_end")
+        await self._append_step(p, self._chain(p, events, records), records, "after_model_end")
 
     async def _model_failed(self, p: _Pass, start_id: str, exc: ModelError) -> None:
         kind = _ERROR_KINDS[exc.kind]

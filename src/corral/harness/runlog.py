@@ -15,9 +15,10 @@ against a fold of the whole copy, and a difference raises.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from ..schemas.common import format_timestamp, from_micros, now_micros
@@ -52,6 +53,10 @@ class RunLog:
         self._verify_fold = os.environ.get("CORRAL_VERIFY_FOLD") == "1"
         self._expected: tuple[int, Fold] | None = None
         """(events, fold) a coming append will produce if it lands right after the copy's last event."""
+        self._behind: asyncio.Task[list[LoggedEvent]] | None = None
+        """An append still committing while the run goes on (`append_behind`)."""
+        self._ahead: Fold | None = None
+        """The fold as it will stand once `_behind` lands."""
 
     async def refresh(self, hub_head: int) -> Session:
         """Bring the copy up to date with the log; return the session row read with it.
@@ -63,6 +68,7 @@ class RunLog:
         write landing a moment later (which then waits for the next step)."""
         if self.chained_span is not None and self.session is not None and hub_head <= self.head:
             return self.session
+        await self.settle()
         if not self.loaded:
             session, events, self.records = await self.store.sessions.snapshot(self.session_id)
             self.events = dict(events)
@@ -77,12 +83,12 @@ class RunLog:
         return session
 
     def fold(self) -> Conversation:
-        """The conversation as the log stands."""
-        return self._state().result()
+        """The conversation as the log stands (with an append still committing: as it will stand)."""
+        return self._current().result()
 
     def ahead(self, extra: Sequence[Event], records: Sequence[Record] = ()) -> Fold:
         """The fold as it would stand with `extra` (and `records`) appended, leaving the copy's as it is."""
-        state = self._state()
+        state = self._current()
         # an input waiting for an event not in the copy: only a fold of the whole copy places it
         state = state.clone() if state.carried else self._fold_all()
         for key, body in _records(records).items():
@@ -95,6 +101,11 @@ class RunLog:
         """`state` is what the fold will be once the next append (of `count` events, no processed marks)
         lands right after the copy's last event: keep it instead of folding the append again."""
         self._expected = (count, state)
+
+    def _current(self) -> Fold:
+        if self._behind is not None and self._ahead is not None:
+            return self._ahead
+        return self._state()
 
     def _state(self) -> Fold:
         if self._fold is None:
@@ -123,9 +134,64 @@ class RunLog:
         records: Sequence[Record] = (),
         processed: Sequence[int] = (),
     ) -> list[LoggedEvent]:
-        """Append under this worker's lease (see `EventLog.append`) and keep the copy in step."""
+        """Append under this worker's lease (see `EventLog.append`) and keep the copy in step. An append
+        still committing behind (`append_behind`) lands first: a run's appends stay in order."""
+        await self.settle()
+        return await self._append(events, needs_work, decided_at, records, processed)
+
+    def append_behind(
+        self, events: list[Event], records: Sequence[Record], then: Callable[[], Awaitable[None]]
+    ) -> None:
+        """Start an append that ends with a chained span start (see `expect`) and return at once: the
+        model call it opens is sent while the append commits. `settle` (which the call does before it
+        looks at the model's answer), every later append and every read of the log wait for it, so
+        nothing of the call is shown or stored before the events that precede it, and a failed
+        append (the lease was lost) stops the run there. `then` runs once it has landed."""
+        assert self._behind is None and self._expected is not None
+        self._ahead = self._expected[1]
+        landing = self._append(events, None, None, records, ())
+
+        async def commit() -> list[LoggedEvent]:
+            logged = await landing
+            await then()
+            return logged
+
+        self._behind = asyncio.ensure_future(commit())
+
+    async def settle(self) -> None:
+        """Wait until an append started with `append_behind` has landed; raise what it raised."""
+        task = self._behind
+        if task is None:
+            return
+        try:
+            await asyncio.shield(task)  # a caller cancelled meanwhile leaves the append to finish
+        finally:
+            if task.done() and self._behind is task:
+                self._behind = self._ahead = None
+
+    def _append(
+        self,
+        events: list[Event],
+        needs_work: bool | None,
+        decided_at: int | None,
+        records: Sequence[Record],
+        processed: Sequence[int],
+    ) -> Awaitable[list[LoggedEvent]]:
+        """Take the fold (and what it is expected to become) now, while the copy is as the caller saw it."""
         expected, self._expected = self._expected, None
         state, self._fold = self._fold, None
+        return self._land(events, needs_work, decided_at, records, processed, expected, state)
+
+    async def _land(
+        self,
+        events: list[Event],
+        needs_work: bool | None,
+        decided_at: int | None,
+        records: Sequence[Record],
+        processed: Sequence[int],
+        expected: tuple[int, Fold] | None,
+        state: Fold | None,
+    ) -> list[LoggedEvent]:
         logged = await self.store.events.append(
             self.session_id,
             events,
