@@ -134,3 +134,65 @@ def test_input_taken_in_after_an_event_not_yet_folded_is_placed_at_the_end() -> 
     assert not state.carried
     assert state.result() == fold(events, records)
     assert state.result().user_blocks[-1] == {"type": "text", "text": "sent while the tool ran"}
+
+
+def _queued(seq: int, eid: str, text: str) -> tuple[int, dict[str, Any]]:
+    return seq, _msg(eid, text, processed=False)
+
+
+def test_input_taken_in_is_folded_where_a_whole_fold_places_it() -> None:
+    """Two messages queued, the later one the log's last event: taken in together, the last event comes
+    first (it counts from its own place), then the earlier one (from where it was taken in)."""
+    log = [
+        (1, _msg("m1", "first")),
+        (2, {"type": "session.status_running", "id": "r1"}),
+        *enumerate(_span("s1", "e1"), 3),
+        _queued(5, "m2", "second"),
+        (6, {"type": "session.status_idle", "id": "i1", "stop_reason": {"type": "end_turn"}}),
+        _queued(7, "m3", "third"),
+    ]
+    records = {input_key("m1"): {"kind": "input", "after_seq": 0}, **{"s1": RECORDS["s2"]}}
+    state = Fold(dict(records))
+    for seq, event in log:
+        state.add(seq, event)
+    assert [s for s, _ in state.result().pending] == [5, 7]
+    taken = {input_key("m2"): {"kind": "input", "after_seq": 7}, input_key("m3"): {"kind": "input", "after_seq": 7}}
+    for key, body in taken.items():
+        state.record(key, body)
+    marked = [(seq, {**event, "processed_at": "2026-11-29T00:00:01Z"}) for seq, event in log if seq in (5, 7)]
+    assert state.take_in(marked)
+    whole = fold([(s, dict(marked)[s] if s in (5, 7) else e) for s, e in log], records | taken)
+    assert state.result() == whole
+    assert [b["text"] for b in whole.user_blocks] == ["third", "second"]
+
+
+def test_taking_in_anywhere_but_after_the_last_event_is_refused() -> None:
+    log = [(1, _msg("m1", "first")), _queued(2, "m2", "second"), (3, {"type": "session.status_running", "id": "r"})]
+    state = Fold(
+        {input_key("m1"): {"kind": "input", "after_seq": 0}, input_key("m2"): {"kind": "input", "after_seq": 2}}
+    )
+    for seq, event in log:
+        state.add(seq, event)
+    before = state.clone().result()
+    assert not state.take_in([(2, {**log[1][1], "processed_at": "2026-11-29T00:00:01Z"})])
+    assert state.result() == before
+
+
+def test_input_taken_in_after_queued_input_counts_from_there() -> None:
+    """m2 is taken in after seq 3, which is m3, itself still queued: m2 counts from seq 3 all the same,
+    not from the end of the log."""
+    log = [
+        (1, _msg("m1", "first")),
+        (2, _msg("m2", "second")),
+        (3, _msg("m3", "third", processed=False)),
+        (4, {"type": "session.status_running", "id": "r"}),
+        *enumerate(_span("s1", "e1"), 5),
+    ]
+    records = {
+        input_key("m1"): {"kind": "input", "after_seq": 0},
+        input_key("m2"): {"kind": "input", "after_seq": 3},
+        "s1": RECORDS["s2"],
+    }
+    convo = fold(log, records)
+    assert convo.messages[0]["content"] == [{"type": "text", "text": "first"}, {"type": "text", "text": "second"}]
+    assert [s for s, _ in convo.pending] == [3]

@@ -249,21 +249,26 @@ class Fold:
         """Sequence number of the last event folded."""
 
     def add(self, seq: int, ev: dict[str, Any]) -> None:
-        folder, records = self._folder, self._folder.records
         self.last = max(self.last, seq)
-        if ev["type"] in CLIENT_INPUT:
-            if ev.get("processed_at") is None:
-                folder.c.pending.append((seq, ev))
-                return
-            record = records.get(input_key(ev["id"]))
-            if record is not None and record.get("flushed"):
-                return  # dropped with a dead turn: never shown to the model
-            if record is not None and record["after_seq"] > seq:
-                self._taken_in.setdefault(record["after_seq"], []).append(ev)
-                return
-        folder.event(ev)
-        for deferred in self._taken_in.pop(seq, []):
-            folder.event(deferred)
+        if not self._held_back(seq, ev):
+            self._folder.event(ev)
+        for deferred in self._taken_in.pop(seq, []):  # input taken in right after this event
+            self._folder.event(deferred)
+
+    def _held_back(self, seq: int, ev: dict[str, Any]) -> bool:
+        """Client input that does not count here: queued, dropped, or taken in after a later event."""
+        if ev["type"] not in CLIENT_INPUT:
+            return False
+        if ev.get("processed_at") is None:
+            self._folder.c.pending.append((seq, ev))
+            return True
+        record = self._folder.records.get(input_key(ev["id"]))
+        if record is not None and record.get("flushed"):
+            return True  # dropped with a dead turn: never shown to the model
+        if record is not None and record["after_seq"] > seq:
+            self._taken_in.setdefault(record["after_seq"], []).append(ev)
+            return True
+        return False
 
     def record(self, key: str, body: dict[str, Any]) -> None:
         """A harness record appended after the events folded so far. Only `run:` records change what
@@ -273,6 +278,24 @@ class Fold:
             tool = self._folder.c.tool_uses.get(key.removeprefix("run:"))
             if tool is not None:
                 tool.started = True
+
+    def take_in(self, taken: list[tuple[int, dict[str, Any]]]) -> bool:
+        """Queued input taken in right after the last event folded (`in:` records with that `after_seq`,
+        already recorded; the events as marked processed): fold it now, where a fold of the whole log
+        places it: the last event first if it is one of them, then the rest in log order. False, and
+        nothing changed, when they were taken in anywhere else."""
+        records = self._folder.records
+        for seq, ev in taken:
+            record = records.get(input_key(ev["id"]))
+            if record is None or record["after_seq"] != self.last or seq > self.last:
+                return False
+        seqs = {seq for seq, _ in taken}
+        c = self._folder.c
+        c.pending = [(seq, ev) for seq, ev in c.pending if seq not in seqs]
+        for _, ev in sorted(taken, key=lambda item: (item[0] != self.last, item[0])):
+            if not records[input_key(ev["id"])].get("flushed"):
+                self._folder.event(ev)
+        return True
 
     @property
     def carried(self) -> bool:

@@ -86,26 +86,37 @@ class RunLog:
         """The conversation as the log stands (with an append still committing: as it will stand)."""
         return self._current().result()
 
-    def ahead(self, extra: Sequence[Event], records: Sequence[Record] = ()) -> Fold:
-        """The fold as it would stand with `extra` (and `records`) appended, leaving the copy's as it is."""
+    def ahead(self, extra: Sequence[Event], records: Sequence[Record] = (), processed: Sequence[int] = ()) -> Fold:
+        """The fold as it would stand with `extra` (and `records`, and the queued input at `processed` taken
+        in) appended, leaving the copy's as it is."""
         state = self._current()
         # an input waiting for an event not in the copy: only a fold of the whole copy places it
         state = state.clone() if state.carried else self._fold_all()
         for key, body in _records(records).items():
             state.record(key, body)
+        if processed and not state.take_in(self._taken(processed)):
+            events = {**self.events, **dict(self._taken(processed))}
+            state = Fold({**self.records, **_records(records)})
+            for seq, event in sorted(events.items()):
+                state.add(seq, event)
         for event in extra:
             state.add(state.last + 1, event.model_dump(mode="json"))
         return state
 
     def expect(self, state: Fold, count: int) -> None:
-        """`state` is what the fold will be once the next append (of `count` events, no processed marks)
-        lands right after the copy's last event: keep it instead of folding the append again."""
+        """`state` is what the fold will be once the next append (of `count` events) lands right after the
+        copy's last event: keep it instead of folding the append again."""
         self._expected = (count, state)
 
     def _current(self) -> Fold:
         if self._behind is not None and self._ahead is not None:
             return self._ahead
         return self._state()
+
+    def _taken(self, processed: Sequence[int]) -> list[tuple[int, dict[str, Any]]]:
+        """The queued events at `processed`, as they read once taken in."""
+        stamp = format_timestamp(from_micros(now_micros()))  # the stored stamp differs by microseconds
+        return [(seq, {**self.events[seq], "processed_at": stamp}) for seq in processed if seq in self.events]
 
     def _state(self) -> Fold:
         if self._fold is None:
@@ -140,7 +151,11 @@ class RunLog:
         return await self._append(events, needs_work, decided_at, records, processed)
 
     def append_behind(
-        self, events: list[Event], records: Sequence[Record], then: Callable[[], Awaitable[None]]
+        self,
+        events: list[Event],
+        records: Sequence[Record],
+        processed: Sequence[int],
+        then: Callable[[], Awaitable[None]],
     ) -> None:
         """Start an append that ends with a chained span start (see `expect`) and return at once: the
         model call it opens is sent while the append commits. `settle` (which the call does before it
@@ -149,7 +164,7 @@ class RunLog:
         append (the lease was lost) stops the run there. `then` runs once it has landed."""
         assert self._behind is None and self._expected is not None
         self._ahead = self._expected[1]
-        landing = self._append(events, None, None, records, ())
+        landing = self._append(events, None, None, records, processed)
 
         async def commit() -> list[LoggedEvent]:
             logged = await landing
@@ -203,26 +218,26 @@ class RunLog:
         )
         new_records = _records(records)
         self.records.update(new_records)
-        stamp = format_timestamp(from_micros(now_micros()))  # the stored stamp differs by microseconds
-        for seq in processed:
-            if seq in self.events:
-                self.events[seq] = {**self.events[seq], "processed_at": stamp}
+        taken = self._taken(processed)
+        self.events.update(taken)
         for item in logged:
             self.events[item.seq] = json.loads(item.json)
         if logged and logged[0].seq == self.head + 1:
             self.head = logged[-1].seq  # else others appended in between: the next refresh reads the gap
-        # carry the fold when the append landed right after what it had folded (input taken in changes
-        # earlier events: fold the whole copy again then)
-        if state is None or processed or (logged and logged[0].seq != state.last + 1):
+        # carry the fold when the append landed right after what it had folded (else fold the whole copy
+        # again when it is next needed)
+        if state is None or (logged and logged[0].seq != state.last + 1):
             return logged
         if expected is not None and len(logged) == expected[0] and (not logged or self.head == logged[-1].seq):
             self._fold = expected[1]
-        else:
-            for key, body in new_records.items():
-                state.record(key, body)
-            for item in logged:
-                state.add(item.seq, self.events[item.seq])
-            self._fold = state
+            return logged
+        for key, body in new_records.items():
+            state.record(key, body)
+        if taken and not state.take_in(taken):
+            return logged
+        for item in logged:
+            state.add(item.seq, self.events[item.seq])
+        self._fold = state
         return logged
 
 
