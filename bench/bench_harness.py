@@ -256,16 +256,18 @@ def model_step_table(runs: list[LatencyRun]) -> tuple[str, dict[str, float]]:
         "a turn is timed in the client from just before the POST to the arrival of session.status_idle on the "
         "session's SSE stream (raw httpx, opened before the turn); the model replies at once with one short text",
         "the model-call stamps come from a wrapper around the server's ModelClient (CLOCK_MONOTONIC, comparable "
-        "across processes): from the harness's first read of the stream to the finished response",
-        f"target: <= {STEP_TARGET_MS:g} ms added p50 per model step",
+        "across processes): from the harness's first read of the stream to the finished response, less the time "
+        "the harness held the stream between items (waiting for the step before to commit)",
+        "b - a is what a turn costs once, whatever its steps: the POST, taking the message in, the final idle and "
+        "delivery on the stream; what each further model step adds is section 2",
     ]
-    title = "1. A model step: direct call vs a corral turn (instant fake model)"
+    title = "1. A one-step turn: direct call vs a corral turn (instant fake model)"
     return table(title, ["db", "measurement", "n", "p50", "p95", "p99"], rows, notes), added
 
 
 def multi_step_table(runs: list[LatencyRun]) -> tuple[str, dict[str, float]]:
     rows = []
-    per_step: dict[str, float] = {}
+    per_step: dict[str, tuple[float, float]] = {}
     for r in runs:
         turn = [ms(t.idle - t.sent) for t in r.five_step]
         model = [sum(r.model_ms(t)) for t in r.five_step]
@@ -284,15 +286,17 @@ def multi_step_table(runs: list[LatencyRun]) -> tuple[str, dict[str, float]]:
         for name, values in cases:
             rows.append([r.kind, name, fmt(len(values)), p(values, 0.5, 2), p(values, 0.95, 2), p(values, 0.99, 2)])
         rows.append([r.kind, "   marginal step: (5-step p50 - 1-step p50) / 4", "", fmt(marginal, 2), "", ""])
-        per_step[r.kind] = pct(gaps, 0.5)
         direct = pct(r.direct_sdk, 0.5)
+        per_step[r.kind] = (pct(gaps, 0.5), marginal - direct)
         rows.append([r.kind, "   marginal step minus direct call p50", "", fmt(marginal - direct, 2), "", ""])
     notes = [
         "ms; steps 1-4 answer with a call to a tool the agent does not have: the harness refuses it without "
         "running anything (agent.tool_use, evaluated_permission deny) and calls the model again; step 5 answers text",
-        "'between model calls' is what the harness adds per step with nothing else in the way: commit the "
-        "response (model_output record + events), load and fold the log, append span.model_request_start",
-        f"target: <= {STEP_TARGET_MS:g} ms added p50 per model step",
+        "'between model calls' is what the harness adds per step with nothing else in the way: build the step's "
+        "events and fold them, send the next request, and wait for the step's commit (model_output record, events, "
+        "the next span.model_request_start) where it outlasts the model's first byte",
+        "the marginal step counts everything a step adds as the client sees it, delivery on the stream included",
+        f"target: <= {STEP_TARGET_MS:g} ms added p50 per model step (both measures)",
     ]
     title = "2. Several model steps in one turn (no tool runs)"
     return table(title, ["db", "measurement", "n", "p50", "p95", "p99"], rows, notes), per_step
@@ -681,14 +685,14 @@ def main(argv: list[str] | None = None) -> int:
             print(long_session_table(runs), flush=True)
             print(cpu_table(runs), flush=True)
             for kind in added:
-                gap, first = per_step[kind], firsts[kind]
-                worst = max(added[kind], gap)
+                (gap, marginal), first = per_step[kind], firsts[kind]
                 verdict.append(
                     [
                         f"harness overhead per model step <= {STEP_TARGET_MS:g} ms p50",
                         kind,
-                        f"1-step turn - direct call: {added[kind]:.1f} ms; between steps in a turn: {gap:.1f} ms",
-                        "met" if worst <= STEP_TARGET_MS else "MISSED",
+                        f"between model calls: {gap:.2f} ms; marginal step - direct call: {marginal:.2f} ms "
+                        f"(once per turn: 1-step turn - direct call {added[kind]:.1f} ms)",
+                        "met" if max(gap, marginal) <= STEP_TARGET_MS else "MISSED",
                     ]
                 )
                 running = first["session.status_running on SSE (first agent event)"]

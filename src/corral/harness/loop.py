@@ -137,8 +137,7 @@ class Harness:
             return False
         interrupts = [(s, e) for s, e in convo.pending if e["type"] == "user.interrupt"]
         if convo.open_span and convo.open_span == chained and not interrupts:
-            await self._model_call(p, chained)  # started with the previous step's append
-            return True
+            return await self._model_call(p, chained)  # started with the previous step's append
         if convo.open_span:  # a model call that never finished (crash or interrupt)
             await self._append(p, [_span_end(convo.open_span, None, error=True)])
             return True
@@ -153,22 +152,11 @@ class Harness:
         if convo.pending:
             await self._take_in(p, convo.pending)
             return True
-        waiting = [t.event_id for t in convo.tool_uses.values() if t.waiting_on_client]
-        if waiting:
-            stop = {"type": "requires_action", "event_ids": waiting}
-            if convo.status != "idle" or (convo.last_idle or {}).get("stop_reason") != stop:
-                await self._append(p, [_idle(stop)], needs_work=False, head=p.head)
-            else:
-                await self._append(p, [], needs_work=False, head=p.head)
-            return False
         if convo.needs_model_call():
             return await self._before_model_call(p)
-        # nothing left to do: the turn is over
-        if convo.status != "idle":
-            stop = {"type": "refusal"} if convo.last_stop_reason == "refusal" else {"type": "end_turn"}
-            await self._append(p, [_idle(stop)], needs_work=False, head=p.head)
-        else:
-            await self._append(p, [], needs_work=False, head=p.head)
+        # nothing left to do until the client acts: the turn is over
+        idle = _turn_over(convo)
+        await self._append(p, [idle] if idle else [], needs_work=False, head=p.head)
         return False
 
     # ---- input --------------------------------------------------------------------------------
@@ -186,11 +174,11 @@ class Harness:
             last_stop = (p.convo.last_idle or {}).get("stop_reason", {}).get("type")
             if p.convo.status != "idle" or last_stop == "requires_action":
                 events.append(_idle({"type": "end_turn"}))
-        await p.log.append(
-            events,
-            records=[(input_key(e["id"]), "input", {"after_seq": p.head}) for _, e in pending],
-            processed=[s for s, _ in pending],
-        )
+        records: list[Record] = [(input_key(e["id"]), "input", {"after_seq": p.head}) for _, e in pending]
+        processed = [s for s, _ in pending]
+        if starts_work:  # the turn's first model call can open with it (its first agent events arrive together)
+            events = self._chain(p, events, records, processed)
+        await self._append_step(p, events, records, None, processed)
 
     # ---- tools --------------------------------------------------------------------------------
 
@@ -249,10 +237,11 @@ class Harness:
                 return True
             await self._compact(p)
             return True
-        await self._model_call(p, None)
-        return True
+        return await self._model_call(p, None)
 
-    def _chain(self, p: _Pass, events: list[Event], records: Sequence[Record] = ()) -> list[Event]:
+    def _chain(
+        self, p: _Pass, events: list[Event], records: Sequence[Record] = (), processed: Sequence[int] = ()
+    ) -> list[Event]:
         """`events`, plus the next model call's span start when that call is sure to be the next step.
 
         Writing both in one append saves a commit and a pass per model step. Only when nothing else
@@ -261,7 +250,7 @@ class Harness:
         that dies after this append leaves an open span, closed as failed and re-issued like any other."""
         if p.session.budget is not None or p.watcher.channel.head > p.log.head:
             return events
-        state = p.log.ahead(events, records)
+        state = p.log.ahead(events, records, processed)
         after = state.result()
         if after.open_span or after.pending or not after.needs_model_call():
             return events
@@ -273,16 +262,45 @@ class Harness:
         p.log.expect(state, len(events) + 1)
         return [*events, start]
 
-    async def _append_step(self, p: _Pass, events: list[Event], records: Sequence[Record], crashpoint: str) -> None:
+    async def _append_step(
+        self,
+        p: _Pass,
+        events: list[Event],
+        records: Sequence[Record],
+        crashpoint: str | None,
+        processed: Sequence[int] = (),
+    ) -> None:
         """Append what a step produced. When it ends with the next model call's span start (`_chain`), that
         call is sent while the append commits (`RunLog.append_behind`): a step costs the commit's latency
         only where the two do not overlap. The call looks at nothing the model sends before the append
         has landed, so streams see the step's events before any preview of the next call."""
-        if p.log.chained_span is not None and events and events[-1].id == p.log.chained_span:
-            p.log.append_behind(events, records, lambda: crashpoints.reach(crashpoint))
+
+        chained = p.log.chained_span is not None and bool(events) and events[-1].id == p.log.chained_span
+
+        async def reached() -> None:
+            if crashpoint is not None:
+                await crashpoints.reach(crashpoint)
+            if chained:
+                await crashpoints.reach("after_model_start")
+
+        if chained:
+            p.log.append_behind(events, records, processed, reached)
             return
-        await p.log.append(events, records=records)
-        await crashpoints.reach(crashpoint)
+        await p.log.append(events, records=records, processed=processed)
+        await reached()
+
+    def _ends_turn(self, p: _Pass, events: list[Event], records: Sequence[Record]) -> SessionStatusIdle | None:
+        """The idle event that ends the turn once `events` are appended, when nothing can come first: no
+        input known to have arrived, no tool call to run, no model call due (`_step` would end the turn
+        the same way on its next pass, a commit later)."""
+        if p.watcher.channel.head > p.log.head:
+            return None
+        after = p.log.ahead(events, records).result()
+        if after.open_span or after.pending or after.needs_model_call():
+            return None
+        if any(t.runnable for t in after.tool_uses.values()):
+            return None
+        return _turn_over(after)
 
     def _request(self, session: Session, convo: Conversation, offer: MCPOffer) -> ModelRequest:
         agent = session.agent
@@ -294,12 +312,13 @@ class Harness:
             max_tokens=self.settings.max_output_tokens,
         )
 
-    async def _model_call(self, p: _Pass, start_id: str | None) -> None:
-        """Call the model under the span `start_id` (already appended), or under a new one."""
+    async def _model_call(self, p: _Pass, start_id: str | None) -> bool:
+        """Call the model under the span `start_id` (already appended), or under a new one. False when
+        the turn ended with the model's answer."""
         session_id = p.session.id
         if start_id is None:
             start_id = (await self._start_span(p)).id
-        await crashpoints.reach("after_model_start")
+            await crashpoints.reach("after_model_start")  # a chained start reaches it as it lands
         ids = _ResponseIds(thinking=new_id("event"), message=new_id("event"))
         try:
             offer = MCPOffer() if self.mcp is None else await p.watcher.guard(self.mcp.offer(p.session))
@@ -309,12 +328,12 @@ class Harness:
             response = await p.watcher.guard(self._stream(session_id, request, ids, p.log.settle))
         except Interrupted:
             await self._append(p, [_span_end(start_id, None, error=True)])
-            return
+            return True
         except ModelError as exc:
             await self._model_failed(p, start_id, exc)
-            return
+            return True
         await crashpoints.reach("before_model_end")
-        await self._model_done(p, start_id, ids, response, offer)
+        return await self._model_done(p, start_id, ids, response, offer)
 
     async def _start_span(self, p: _Pass) -> SpanModelRequestStart:
         first: list[Event] = []
@@ -376,7 +395,7 @@ class Harness:
 
     async def _model_done(
         self, p: _Pass, start_id: str, ids: _ResponseIds, response: ModelResponse, offer: MCPOffer
-    ) -> None:
+    ) -> bool:
         session = p.session
         now = _now()
         events: list[Event] = []
@@ -436,7 +455,14 @@ class Harness:
         records: list[Record] = [
             (start_id, "model_output", {"content": content, "stop_reason": response.stop_reason, "tools": tools})
         ]
-        await self._append_step(p, self._chain(p, events, records), records, "after_model_end")
+        events = self._chain(p, events, records)
+        idle = None if p.log.chained_span else self._ends_turn(p, events, records)
+        if idle is not None:  # the answer ends the turn: say so in the same commit, and the run is over
+            await p.log.append([*events, idle], records=records, needs_work=False, decided_at=p.log.head)
+            await crashpoints.reach("after_model_end")
+            return False
+        await self._append_step(p, events, records, "after_model_end")
+        return True
 
     async def _model_failed(self, p: _Pass, start_id: str, exc: ModelError) -> None:
         kind = _ERROR_KINDS[exc.kind]
@@ -502,6 +528,20 @@ class Harness:
 
 
 _EXHAUSTED = {"type": "retries_exhausted"}
+
+
+def _turn_over(convo: Conversation) -> SessionStatusIdle | None:
+    """How a turn with nothing left to do ends: `requires_action` while tool calls wait on the client,
+    else `end_turn` (`refusal` after a refusal); None when the session already says so."""
+    waiting = [t.event_id for t in convo.tool_uses.values() if t.waiting_on_client]
+    if waiting:
+        stop = {"type": "requires_action", "event_ids": waiting}
+        if convo.status != "idle" or (convo.last_idle or {}).get("stop_reason") != stop:
+            return _idle(stop)
+        return None
+    if convo.status != "idle":
+        return _idle({"type": "refusal"} if convo.last_stop_reason == "refusal" else {"type": "end_turn"})
+    return None
 
 
 def _idle(stop_reason: dict[str, Any]) -> SessionStatusIdle:
