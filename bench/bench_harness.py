@@ -327,8 +327,8 @@ def first_event_table(runs: list[LatencyRun]) -> tuple[str, dict[str, dict[str, 
         result[r.kind] = {k: pct(v, 0.5) for k, v in marks.items()}
     notes = [
         "ms after the client starts the POST of user.message, one-step turns of section 1 (instant model)",
-        "the first event the harness writes is session.status_running (taking the message in); "
-        "span.model_request_start follows in the next transaction, then the model call",
+        "the first events the harness writes are session.status_running (taking the message in) and "
+        "span.model_request_start, in one transaction; the model call is sent while it commits",
         f"target: first agent event <= {FIRST_EVENT_TARGET_MS:g} ms p50",
     ]
     headers = ["db", "event", "n", "p50", "p95", "p99"]
@@ -364,8 +364,8 @@ def long_session_table(runs: list[LatencyRun]) -> str:
     notes = [
         "ms; one-step turns one after another on one session (6 events per turn), each followed by a control turn "
         "on a short session (at most 10 turns): the difference is what the longer log costs",
-        "every pass of the harness reads the session's whole log and folds it from the start (3 passes per "
-        "one-step turn), so a step costs more as the log grows",
+        "each run of the harness (one per turn here) reads the session's whole log and folds it once, so a "
+        "turn's first step costs more as the log grows; later steps of a run carry the copy and its fold",
     ]
     headers = ["db", "turns", "log (events)", "turn p50", "turn - model p50", "control: same", "long - control"]
     return table("4. Turn latency as one session's log grows", headers, rows, notes)
