@@ -131,7 +131,9 @@ class _EchoHandler(BaseHTTPRequestHandler):
         }
         owner: HttpsEcho = self.server.owner  # type: ignore[attr-defined]
         owner.seen.append(record)
-        data = json.dumps(record).encode()
+        # the reply names the headers but never repeats a value: a secret the proxy put in must not come
+        # back into the sandbox (the exfiltration test scans every process's memory for it)
+        data = json.dumps({**record, "headers": sorted(record["headers"]), "body": len(body)}).encode()
         self.send_response(200)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(data)))
@@ -142,7 +144,8 @@ class _EchoHandler(BaseHTTPRequestHandler):
 
 
 class HttpsEcho(_Servers):
-    """Answers every request with a JSON record of it, and keeps the records (`seen`)."""
+    """Keeps a record of every request (`seen`: host, method, path, headers, body) and answers with it,
+    header values and body left out."""
 
     handler = _EchoHandler
 

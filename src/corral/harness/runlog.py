@@ -5,9 +5,10 @@ step made each step cost a full read; instead the first pass of a run reads it o
 worker makes is added to the copy as it commits, and each later pass reads only the session row and
 whatever others appended past the copy's head (usually nothing) in one statement. The fold is carried
 the same way (`context.Fold`): the whole copy is folded once, then each of the worker's own appends is
-folded onto it; only input taken in, or events others appended, make it fold the whole copy again. The
-copy is a cache of the log, never a source: it is dropped with the run, so a worker that dies loses
-nothing, and the next run (in any process) starts again from the log itself.
+folded onto it; only events others appended make it fold the whole copy again. An append that opens
+the next model call may still be committing while that call is sent (`append_behind`). The copy is a
+cache of the log, never a source: it is dropped with the run, so a worker that dies loses nothing, and
+the next run (in any process) starts again from the log itself.
 
 With CORRAL_VERIFY_FOLD=1 in the environment (tests/conftest.py sets it) every carried fold is checked
 against a fold of the whole copy, and a difference raises.
