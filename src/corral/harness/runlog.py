@@ -20,6 +20,7 @@ import asyncio
 import json
 import os
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from ..schemas.common import format_timestamp, from_micros, now_micros
@@ -149,7 +150,7 @@ class RunLog:
         """Append under this worker's lease (see `EventLog.append`) and keep the copy in step. An append
         still committing behind (`append_behind`) lands first: a run's appends stay in order."""
         await self.settle()
-        return await self._append(events, needs_work, decided_at, records, processed)
+        return await self._append(_Append(events, needs_work, decided_at, records, processed))
 
     def append_behind(
         self,
@@ -165,7 +166,7 @@ class RunLog:
         append (the lease was lost) stops the run there. `then` runs once it has landed."""
         assert self._behind is None and self._expected is not None
         self._ahead = self._expected[1]
-        landing = self._append(events, None, None, records, processed)
+        landing = self._append(_Append(events, None, None, records, processed))
 
         async def commit() -> list[LoggedEvent]:
             logged = await landing
@@ -185,35 +186,20 @@ class RunLog:
             if task.done() and self._behind is task:
                 self._behind = self._ahead = None
 
-    def _append(
-        self,
-        events: list[Event],
-        needs_work: bool | None,
-        decided_at: int | None,
-        records: Sequence[Record],
-        processed: Sequence[int],
-    ) -> Awaitable[list[LoggedEvent]]:
+    def _append(self, append: _Append) -> Awaitable[list[LoggedEvent]]:
         """Take the fold (and what it is expected to become) now, while the copy is as the caller saw it."""
         expected, self._expected = self._expected, None
         state, self._fold = self._fold, None
-        return self._land(events, needs_work, decided_at, records, processed, expected, state)
+        return self._land(append, expected, state)
 
-    async def _land(
-        self,
-        events: list[Event],
-        needs_work: bool | None,
-        decided_at: int | None,
-        records: Sequence[Record],
-        processed: Sequence[int],
-        expected: tuple[int, Fold] | None,
-        state: Fold | None,
-    ) -> list[LoggedEvent]:
+    async def _land(self, append: _Append, expected: tuple[int, Fold] | None, state: Fold | None) -> list[LoggedEvent]:
+        records, processed = append.records, append.processed
         logged = await self.store.events.append(
             self.session_id,
-            events,
+            append.events,
             owner=self.owner,
-            needs_work=needs_work,
-            decided_at=decided_at,
+            needs_work=append.needs_work,
+            decided_at=append.decided_at,
             records=records,
             processed=processed,
         )
@@ -240,6 +226,17 @@ class RunLog:
             state.add(item.seq, self.events[item.seq])
         self._fold = state
         return logged
+
+
+@dataclass(frozen=True)
+class _Append:
+    """One append of the run (see `EventLog.append` for the fields)."""
+
+    events: list[Event]
+    needs_work: bool | None
+    decided_at: int | None
+    records: Sequence[Record]
+    processed: Sequence[int]
 
 
 def _records(records: Sequence[Record]) -> dict[str, dict[str, Any]]:
