@@ -199,6 +199,22 @@ async def _check_launched_tree(sandbox: Sandbox) -> None:
     await ok(sandbox, "bash", {"restart": True})
 
 
+async def test_the_whole_gvisor_tree_starts_in_its_cgroup(sandbox_root: Path) -> None:
+    """runsc is launched through `Cgroup.join_prefix` (vfork, no `preexec_fn`): runsc, its gofer and the
+    Sentry, everything on the host that serves the sandbox, is in the sandbox's cgroups."""
+    pool = SandboxPool(sandbox_root / "gvisor-launched", "gvisor", egress=False)
+    try:
+        sandbox = await pool.get(SandboxSpec("launched", ""))
+        assert isinstance(sandbox, GvisorSandbox) and sandbox.cgroup is not None
+        await ok(sandbox, "bash", {"command": "sleep 30 & true"})
+        tree = _descendants(sandbox._proc.pid)
+        assert len(tree) >= 3, tree  # runsc, gofer, sandbox (Sentry)
+        assert set(tree) <= set(sandbox.cgroup.pids())
+        await ok(sandbox, "bash", {"restart": True})
+    finally:
+        await pool.aclose()
+
+
 async def test_without_util_linux_the_preexec_launch_applies_the_same_limits(
     sandbox_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -17,6 +17,7 @@ import contextlib
 import errno
 import logging
 import os
+import shlex
 import signal
 import uuid
 from pathlib import Path
@@ -119,6 +120,14 @@ class Cgroup:
             group._rmdir_now()
             raise
         return group
+
+    def join_prefix(self) -> list[str]:
+        """An argv prefix that runs the rest of the argv inside this cgroup: `/bin/sh`, started with the
+        server's credentials, writes "0" to each `cgroup.procs`, then execs the rest, so the program
+        is in the cgroup from its first instruction. A prefix rather than a `preexec_fn`: that would make
+        CPython's subprocess `fork()` the whole server instead of `vfork()` (see `local.launcher`)."""
+        script = "".join(f"printf 0 >{shlex.quote(str(d / 'cgroup.procs'))} && " for d in self.dirs)
+        return ["/bin/sh", "-c", script + 'exec "$@"', "sh"]
 
     def open_join_fds(self) -> list[int]:
         """fds of each `cgroup.procs`, opened by us; the child writes b"0" to each to join."""

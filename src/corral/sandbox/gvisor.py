@@ -248,30 +248,21 @@ class GvisorSandbox(HelperSandbox):
             (bundle / "config.json").write_text(json.dumps(config))
             container_id = f"corral-{uuid.uuid4().hex[:16]}"
             runsc_argv = [binary, *runsc_flags(str(bundle / "state"), rootless=not root, network=bool(listener))]
-            join_fds = cgroup.open_join_fds() if cgroup else []
-
-            def preexec() -> None:  # runs in the child before exec: the whole runsc tree joins the cgroup
-                for fd in join_fds:
-                    os.write(fd, b"0")
-
-            try:
-                proc = await asyncio.create_subprocess_exec(
-                    *runsc_argv,
-                    "run",
-                    f"--bundle={bundle}",
-                    container_id,
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    cwd="/",
-                    env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
-                    start_new_session=True,
-                    preexec_fn=preexec,
-                    limit=STREAM_LIMIT,
-                )
-            finally:
-                if cgroup:
-                    cgroup.close_join_fds()
+            # the whole runsc tree starts in the cgroup (vfork: see `Cgroup.join_prefix`)
+            proc = await asyncio.create_subprocess_exec(
+                *(cgroup.join_prefix() if cgroup else []),
+                *runsc_argv,
+                "run",
+                f"--bundle={bundle}",
+                container_id,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd="/",
+                env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+                start_new_session=True,
+                limit=STREAM_LIMIT,
+            )
         except BaseException as e:
             if cgroup:
                 await cgroup.remove()

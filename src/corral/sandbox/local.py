@@ -31,7 +31,6 @@ import contextlib
 import functools
 import os
 import resource
-import shlex
 import shutil
 import signal
 import subprocess
@@ -153,24 +152,24 @@ def _launch_tools() -> tuple[str, str] | None:
     return (prlimit, setpriv) if prlimit and setpriv else None
 
 
-def launcher(plan: list[tuple[int, int]], procs: list[str], uid: int | None) -> list[str] | None:
+def launcher(plan: list[tuple[int, int]], cgroup: cgroups.Cgroup | None, uid: int | None) -> list[str] | None:
     """The commands that put bwrap in its cgroups, under its rlimits and its own uid, ahead of its argv.
 
     Why not `preexec_fn` (and `user=`): either makes CPython's subprocess `fork()` the whole server
     instead of `vfork()`, which costs ~3 ms in a small process and ~15 ms in a 300 MB one here, and
     leaves every page of the server write-protected, to be faulted back one by one (tens of ms more,
     spread over whatever the server does next). Instead the vforked child execs `/bin/sh`, still with
-    the server's credentials, which writes "0" to each of the sandbox's `cgroup.procs` files (`procs`),
-    so it joins its cgroups before anything of the sandbox runs, then `prlimit` sets the rlimits, then
-    `setpriv` switches to the sandbox's uid with no supplementary groups, then bwrap: the preexec's
+    the server's credentials, which writes "0" to each of the sandbox's `cgroup.procs` files
+    (`Cgroup.join_prefix`), so it joins its cgroups before anything of the sandbox runs, then `prlimit`
+    sets the rlimits, then `setpriv` switches to the sandbox's uid with no supplementary groups, then
+    bwrap: the preexec's
     steps, in an order that needs no descriptor opened ahead, for ~2 ms of execs. None (use the preexec)
     when a tool is missing."""
     tools = _launch_tools()
     if tools is None or any(res not in PRLIMIT_OPTIONS for res, _ in plan):
         return None
     prlimit, setpriv = tools
-    script = "".join(f"printf 0 >{shlex.quote(path)} && " for path in procs)
-    argv = ["/bin/sh", "-c", script + 'exec "$@"', "sh"]
+    argv = cgroup.join_prefix() if cgroup else []
     argv += [prlimit, *(f"{PRLIMIT_OPTIONS[res]}={value}" for res, value in plan), "--"]
     if uid is not None:
         argv += [setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
@@ -240,8 +239,7 @@ class BwrapSandbox(HelperSandbox):
                 files[dest] = _memfd(dest.rsplit("/", 1)[1], data)
             env = sandbox_env(spec, proxy=listener is not None, ca=bool(trusted))
             argv = bwrap_argv(bwrap, limits, env, mounts, files, command, sockets=sockets)
-            procs = [str(d / "cgroup.procs") for d in cgroup.dirs] if cgroup else []
-            prefix = launcher(plan, procs, uid)
+            prefix = launcher(plan, cgroup, uid)
             spawn = functools.partial(
                 asyncio.create_subprocess_exec,
                 stdin=subprocess.PIPE,
