@@ -274,7 +274,6 @@ class Harness:
         call is sent while the append commits (`RunLog.append_behind`): a step costs the commit's latency
         only where the two do not overlap. The call looks at nothing the model sends before the append
         has landed, so streams see the step's events before any preview of the next call."""
-
         chained = p.log.chained_span is not None and bool(events) and events[-1].id == p.log.chained_span
 
         async def reached() -> None:
