@@ -19,7 +19,7 @@ from typing import Any
 from corral.sandbox.base import SandboxDied, SandboxSpec, ToolResult
 from corral.sandbox.limits import SandboxLimits
 
-__all__ = ["HELPER_PATH", "SANDBOX_TOOLS", "HelperSandbox"]
+__all__ = ["HELPER_PATH", "SANDBOX_TOOLS", "HelperSandbox", "launch"]
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,23 @@ STREAM_LIMIT = 64 * 1024 * 1024
 """Largest reply line: a 20 MiB PDF is ~27 MiB of base64."""
 GRACE = 10.0
 """Extra seconds the helper gets past a call's own timeout before it is declared hung."""
+
+
+async def launch(*argv: str, **options: Any) -> asyncio.subprocess.Process:
+    """Start an isolating backend's outermost host process (bwrap, runsc): pipes for the helper's
+    channel, `/` as its directory, an environment with nothing of the server's in it, and its own
+    session, so that killing its process group reaches everything it started."""
+    return await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd="/",
+        env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+        start_new_session=True,
+        limit=STREAM_LIMIT,
+        **options,
+    )
 
 
 class HelperSandbox(ABC):

@@ -47,7 +47,7 @@ from typing import Any
 
 from corral.sandbox import cgroups
 from corral.sandbox.base import Mount, SandboxSpec, SandboxUnavailable
-from corral.sandbox.channel import STREAM_LIMIT, HelperSandbox
+from corral.sandbox.channel import HelperSandbox, launch
 from corral.sandbox.egress import SANDBOX_PROXY_SOCKET, EgressListener, EgressProxy
 from corral.sandbox.limits import SandboxLimits, rlimit_plan
 from corral.sandbox.provision import (
@@ -249,20 +249,8 @@ class GvisorSandbox(HelperSandbox):
             container_id = f"corral-{uuid.uuid4().hex[:16]}"
             runsc_argv = [binary, *runsc_flags(str(bundle / "state"), rootless=not root, network=bool(listener))]
             # the whole runsc tree starts in the cgroup (vfork: see `Cgroup.join_prefix`)
-            proc = await asyncio.create_subprocess_exec(
-                *(cgroup.join_prefix() if cgroup else []),
-                *runsc_argv,
-                "run",
-                f"--bundle={bundle}",
-                container_id,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                cwd="/",
-                env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
-                start_new_session=True,
-                limit=STREAM_LIMIT,
-            )
+            join = cgroup.join_prefix() if cgroup else []
+            proc = await launch(*join, *runsc_argv, "run", f"--bundle={bundle}", container_id)
         except BaseException as e:
             if cgroup:
                 await cgroup.remove()

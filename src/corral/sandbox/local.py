@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 from corral.sandbox import cgroups
 from corral.sandbox.base import Mount, SandboxSpec, SandboxUnavailable
-from corral.sandbox.channel import STREAM_LIMIT, HelperSandbox
+from corral.sandbox.channel import HelperSandbox, launch
 from corral.sandbox.egress import SANDBOX_PROXY_SOCKET, EgressListener, EgressProxy
 from corral.sandbox.limits import SandboxLimits, apply_rlimits, rlimit_plan
 from corral.sandbox.provision import (  # shared with the gVisor backend; re-exported for callers
@@ -240,18 +240,8 @@ class BwrapSandbox(HelperSandbox):
             env = sandbox_env(spec, proxy=listener is not None, ca=bool(trusted))
             argv = bwrap_argv(bwrap, limits, env, mounts, files, command, sockets=sockets)
             prefix = launcher(plan, cgroup, uid)
-            spawn = functools.partial(
-                asyncio.create_subprocess_exec,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                cwd="/",
-                env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
-                start_new_session=True,
-                limit=STREAM_LIMIT,
-            )
             if prefix is not None:  # vfork: see `launcher`
-                proc = await spawn(*prefix, *argv, pass_fds=[*files.values()])
+                proc = await launch(*prefix, *argv, pass_fds=[*files.values()])
             else:
                 join_fds = cgroup.open_join_fds() if cgroup else []
 
@@ -260,7 +250,7 @@ class BwrapSandbox(HelperSandbox):
                         os.write(fd, b"0")
                     apply_rlimits(plan)
 
-                proc = await spawn(
+                proc = await launch(
                     *argv,
                     pass_fds=[*files.values()],
                     preexec_fn=preexec,
