@@ -88,7 +88,8 @@ def instrument() -> None:
     _timed(cgroups.Cgroup, "create", "cgroup create")
     _timed(local, "bwrap_argv", "bwrap argv")
     _timed(asyncio, "create_subprocess_exec", "spawn (returns once bwrap is exec'd)")
-    _timed(local.BwrapSandbox, "ping", "first ping (bwrap setup + python + helper)")
+    _timed(local.BwrapSandbox, "_move_in", "cgroup move-in (overlaps bwrap set-up)")
+    _timed(local.BwrapSandbox, "ping", "first ping (python + helper, bwrap set-up if no gate)")
 
 
 async def _spawn_stdio(argv: list[str], fds: dict[str, int]) -> float:

@@ -199,6 +199,44 @@ async def _check_launched_tree(sandbox: Sandbox) -> None:
     await ok(sandbox, "bash", {"restart": True})
 
 
+@pytest.mark.parametrize(
+    "broken",
+    [
+        pytest.param(["--no-such-option"], id="before-the-clone"),
+        pytest.param(["--ro-bind", "/nonexistent-corral-source", "/x"], id="in-the-set-up"),
+    ],
+)
+async def test_a_bwrap_that_fails_while_held_at_the_gate_leaves_nothing_behind(
+    sandbox_root: Path, monkeypatch: pytest.MonkeyPatch, broken: list[str]
+) -> None:
+    """bwrap dying before it reports its child, or after (a mount that fails), while the host is moving
+    it into its cgroup (`local.LaunchGate`): a clear error with bwrap's own words, and no cgroup, process
+    or descriptor left over."""
+    from corral.sandbox import cgroups, local
+
+    real_argv = local.bwrap_argv
+    monkeypatch.setattr(
+        local,
+        "bwrap_argv",
+        lambda bwrap, *a, **k: real_argv(bwrap, *a, **k)[:1] + broken + real_argv(bwrap, *a, **k)[1:],
+    )
+    created: list[cgroups.Cgroup] = []
+    real_create = cgroups.Cgroup.create
+
+    def create(*args: object, **kwargs: object) -> cgroups.Cgroup | None:
+        group = real_create(*args, **kwargs)  # type: ignore[arg-type]
+        created.extend([group] if group else [])
+        return group
+
+    monkeypatch.setattr(cgroups.Cgroup, "create", staticmethod(create))
+    fds = set(os.listdir("/proc/self/fd"))
+    with pytest.raises(local.SandboxUnavailable) as failed:
+        await local.BwrapSandbox.start(SandboxSpec("broken", str(sandbox_root / "broken-gate" / "w")))
+    assert ("no-such-option" if broken[0] == "--no-such-option" else "nonexistent-corral-source") in str(failed.value)
+    assert created and not any(d.exists() for group in created for d in group.dirs)
+    assert set(os.listdir("/proc/self/fd")) <= fds
+
+
 async def test_the_whole_gvisor_tree_starts_in_its_cgroup(sandbox_root: Path) -> None:
     """runsc is launched through `Cgroup.join_prefix` (vfork, no `preexec_fn`): runsc, its gofer and the
     Sentry, everything on the host that serves the sandbox, is in the sandbox's cgroups."""

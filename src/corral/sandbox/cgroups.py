@@ -5,9 +5,17 @@ share). Layouts differ: this project's CI VM is a v1/v2 hybrid whose v2 tree has
 laptops are v2-only, so `detect()` looks for v1 controller directories first and falls back to a v2
 `cgroup.controllers` listing memory and pids.
 
-The child joins before it `exec`s bwrap: the parent opens each `cgroup.procs` for writing (as root) and the
-child writes "0" to the inherited fd after dropping to its own uid. The kernel checks the credentials of
-whoever *opened* the file, so an unprivileged child may join this way and no other.
+Three ways in, all before anything of the sandbox runs: bubblewrap's launch moves the outer bwrap and its
+sandbox child in from the host (`add`) while bwrap sets up, which it does held at `--block-fd`
+(`local.LaunchGate`); gVisor's runsc starts behind a `/bin/sh` that writes "0" to each `cgroup.procs`
+(`join_prefix`); the `preexec_fn` fallback writes "0" to fds the parent opened as root (`open_join_fds`:
+the kernel checks the credentials of whoever *opened* the file, so an unprivileged child may join this
+way and no other).
+
+On cgroup v1 a move waits for an RCU grace period unless another move happened just before (~7-10 ms
+on this project's VM after a quiet spell, ~0.4 ms back to back), whoever writes and however: the
+kernel's `favordynmods` mount option, which v1 hierarchies do not take, would avoid it. That wait is why
+bubblewrap's launch moves its processes in from the host, overlapping bwrap's own set-up.
 """
 
 from __future__ import annotations
@@ -120,6 +128,11 @@ class Cgroup:
             group._rmdir_now()
             raise
         return group
+
+    def add(self, pid: int) -> None:
+        """Move process `pid` (all its threads) into this cgroup; its later children are born in it."""
+        for d in self.dirs:
+            _write(d / "cgroup.procs", pid)
 
     def join_prefix(self) -> list[str]:
         """An argv prefix that runs the rest of the argv inside this cgroup: `/bin/sh`, started with the

@@ -29,11 +29,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import os
 import resource
+import select
 import shutil
 import signal
 import subprocess
+import time
 from dataclasses import dataclass
 
 from corral.sandbox import cgroups
@@ -89,12 +92,15 @@ def bwrap_argv(
     command: list[str],
     *,
     sockets: dict[str, str] | None = None,
+    gate: LaunchGate | None = None,
 ) -> list[str]:
     """The command from the notes' "working bwrap command"; `mounts` are the session's binds
-    (`mounts.session_mounts`; none: an empty /workspace), `files` maps sandbox paths to data fds and
-    `sockets` sandbox paths to host Unix sockets (bound read-only: connecting still works)."""
+    (`mounts.session_mounts`; none: an empty /workspace), `files` maps sandbox paths to data fds,
+    `sockets` sandbox paths to host Unix sockets (bound read-only: connecting still works), and `gate`
+    holds the command until the host lets it go."""
     argv = [
         bwrap,
+        *(gate.options() if gate else []),
         "--unshare-all",
         "--unshare-user",
         "--uid",
@@ -152,28 +158,85 @@ def _launch_tools() -> tuple[str, str] | None:
     return (prlimit, setpriv) if prlimit and setpriv else None
 
 
-def launcher(plan: list[tuple[int, int]], cgroup: cgroups.Cgroup | None, uid: int | None) -> list[str] | None:
-    """The commands that put bwrap in its cgroups, under its rlimits and its own uid, ahead of its argv.
+def launcher(plan: list[tuple[int, int]], uid: int | None) -> list[str] | None:
+    """The commands that put bwrap under its rlimits and its own uid, ahead of its argv: `prlimit`
+    sets the rlimits, then `setpriv` switches to the sandbox's uid with no supplementary groups.
 
     Why not `preexec_fn` (and `user=`): either makes CPython's subprocess `fork()` the whole server
     instead of `vfork()`, which costs ~3 ms in a small process and ~15 ms in a 300 MB one here, and
     leaves every page of the server write-protected, to be faulted back one by one (tens of ms more,
-    spread over whatever the server does next). Instead the vforked child execs `/bin/sh`, still with
-    the server's credentials, which writes "0" to each of the sandbox's `cgroup.procs` files
-    (`Cgroup.join_prefix`), so it joins its cgroups before anything of the sandbox runs, then `prlimit`
-    sets the rlimits, then `setpriv` switches to the sandbox's uid with no supplementary groups, then
-    bwrap: the preexec's
-    steps, in an order that needs no descriptor opened ahead, for ~2 ms of execs. None (use the preexec)
-    when a tool is missing."""
+    spread over whatever the server does next). The cgroups are joined from the host meanwhile
+    (`LaunchGate`). None (use the preexec) when a tool is missing."""
     tools = _launch_tools()
     if tools is None or any(res not in PRLIMIT_OPTIONS for res, _ in plan):
         return None
     prlimit, setpriv = tools
-    argv = cgroup.join_prefix() if cgroup else []
-    argv += [prlimit, *(f"{PRLIMIT_OPTIONS[res]}={value}" for res, value in plan), "--"]
+    argv = [prlimit, *(f"{PRLIMIT_OPTIONS[res]}={value}" for res, value in plan), "--"]
     if uid is not None:
         argv += [setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
     return argv
+
+
+class LaunchGate:
+    """bwrap's `--info-fd` and `--block-fd`: bwrap reports the pid of its sandbox child, then that child,
+    namespaces and mounts set up, waits before it starts anything of the sandbox until `open()`.
+
+    The host moves the outer bwrap into the sandbox's cgroup right after spawning it and the child once
+    reported, then opens the gate: both are in before the helper or anything it runs exists, and every
+    later process is born inside. Moving from the host rather than joining in the launch chain (a
+    `/bin/sh` writing to `cgroup.procs` before it execs the rest) takes a move's RCU wait (7-10 ms after
+    a quiet spell on a stock cgroup v1 host, see `cgroups`) off the start's path, into bwrap's own
+    set-up (~6 ms), and saves the shell's exec. What bwrap allocates before the move stays charged to
+    the server's memory cgroup: its set-up, not the sandbox's."""
+
+    def __init__(self) -> None:
+        self._info_r, self._info_w = os.pipe()
+        self._block_r, self._block_w = os.pipe()
+
+    def options(self) -> list[str]:
+        return ["--info-fd", str(self._info_w), "--block-fd", str(self._block_r)]
+
+    def child_fds(self) -> list[int]:
+        """The ends bwrap inherits (`pass_fds`)."""
+        return [self._info_w, self._block_r]
+
+    def spawned(self) -> None:
+        """Close our copies of bwrap's ends, so that the info pipe reaches EOF if bwrap dies."""
+        for fd in (self._info_w, self._block_r):
+            if fd >= 0:
+                os.close(fd)
+        self._info_w = self._block_r = -1
+
+    def take_info(self) -> int:
+        """The info pipe's read end, handed over: whoever takes it closes it (`close()` no longer will)."""
+        fd, self._info_r = self._info_r, -1
+        return fd
+
+    def open(self) -> None:
+        os.write(self._block_w, b"g")
+        self.close()
+
+    def close(self) -> None:
+        for fd in (self._info_r, self._info_w, self._block_r, self._block_w):
+            if fd >= 0:
+                os.close(fd)
+        self._info_r = self._info_w = self._block_r = self._block_w = -1
+
+
+def read_child_pid(fd: int, timeout: float) -> int:
+    """The host pid of bwrap's sandbox child (pid 1 inside) from its `--info-fd`, once bwrap has cloned
+    it. Blocking, for at most `timeout` seconds."""
+    data = b""
+    deadline = time.monotonic() + timeout
+    while select.select([fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        data += chunk
+    try:
+        return int(json.loads(data)["child-pid"])
+    except (ValueError, KeyError, TypeError):
+        raise SandboxUnavailable("bwrap exited before it started the sandbox") from None
 
 
 def _memfd(name: str, data: bytes) -> int:
@@ -230,6 +293,8 @@ class BwrapSandbox(HelperSandbox):
             raise
         plan = rlimit_plan(limits, memory_cgroup=cgroup is not None, own_uid=uid is not None)
         files: dict[str, int] = {}
+        gate: LaunchGate | None = None
+        proc: asyncio.subprocess.Process | None = None
         try:
             for dest, data in GENERATED.items():
                 files[dest] = _memfd(dest.rsplit("/", 1)[1], data)
@@ -238,10 +303,12 @@ class BwrapSandbox(HelperSandbox):
             for dest, data in trusted.items():
                 files[dest] = _memfd(dest.rsplit("/", 1)[1], data)
             env = sandbox_env(spec, proxy=listener is not None, ca=bool(trusted))
-            argv = bwrap_argv(bwrap, limits, env, mounts, files, command, sockets=sockets)
-            prefix = launcher(plan, cgroup, uid)
+            prefix = launcher(plan, uid)
+            gate = LaunchGate() if prefix is not None and cgroup is not None else None
+            argv = bwrap_argv(bwrap, limits, env, mounts, files, command, sockets=sockets, gate=gate)
             if prefix is not None:  # vfork: see `launcher`
-                proc = await launch(*prefix, *argv, pass_fds=[*files.values()])
+                gate_fds = gate.child_fds() if gate else []
+                proc = await launch(*prefix, *argv, pass_fds=[*files.values(), *gate_fds])
             else:
                 join_fds = cgroup.open_join_fds() if cgroup else []
 
@@ -269,17 +336,42 @@ class BwrapSandbox(HelperSandbox):
                 os.close(fd)
             if cgroup:
                 cgroup.close_join_fds()
+            if gate is not None and proc is not None:
+                gate.spawned()
+            elif gate is not None:
+                gate.close()
         sandbox = cls(spec, limits, proc, cgroup, uid, listener)
         try:
+            if gate is not None:
+                await sandbox._move_in(gate)
             await sandbox.ping(timeout=limits.startup_timeout)
         except Exception as e:
-            await sandbox.close()
+            try:
+                await sandbox.close()
+            finally:
+                if gate is not None:  # only now: a closed gate lets bwrap go on, in or out of the cgroup
+                    gate.close()
             raise SandboxUnavailable(
                 f"bubblewrap sandbox failed to start ({e}); stderr: {sandbox.stderr_tail() or '-'}. "
                 "User namespaces may be blocked (Ubuntu 24.04 AppArmor, Docker's seccomp profile); "
                 "see docs, or choose `--sandbox unsafe-no-isolation`."
             ) from e
         return sandbox
+
+    async def _move_in(self, gate: LaunchGate) -> None:
+        """Move the outer bwrap and, once reported, its sandbox child into the cgroup, then open the gate."""
+        assert self.cgroup is not None
+        cgroup, outer, info, timeout = self.cgroup, self._proc.pid, gate.take_info(), self.limits.startup_timeout
+
+        def move() -> None:
+            try:
+                cgroup.add(outer)  # waits out an RCU grace period while bwrap sets up
+                cgroup.add(read_child_pid(info, timeout))  # rides on the same grace period
+            finally:
+                os.close(info)
+
+        await asyncio.to_thread(move)
+        gate.open()
 
     async def _kill(self) -> None:
         # SIGKILL to the outer bwrap takes the whole pid namespace with it (--die-with-parent on the

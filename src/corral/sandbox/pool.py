@@ -4,7 +4,7 @@ Sandboxes are cattle (see `base.py`): the pool keeps only a cache keyed by sessi
 workdir (`root_dir/sessions/<id>/workspace`) outlives its sandbox; idle sandboxes are closed and a new
 one is started from the same recipe on the next `get()`.
 
-Prewarming: starting a sandbox costs ~30-45 ms (bwrap, the helper's Python, the cgroup join), so the pool keeps
+Prewarming: starting a sandbox costs ~25-45 ms (bwrap, the helper's Python, the cgroup move), so the pool keeps
 `prewarm` sandboxes ready for each recipe (networking, env, packages) it provisioned recently, each on
 an empty directory of its own (`root_dir/warm/<slot>`). A new session with that recipe adopts one: its
 directory is renamed to `root_dir/sessions/<id>` (the sandbox's bind mount follows the directory, not
