@@ -16,6 +16,7 @@ import time
 from abc import ABC, abstractmethod
 from typing import Any
 
+from corral.sandbox import childwatch
 from corral.sandbox.base import SandboxDied, SandboxSpec, ToolResult
 from corral.sandbox.limits import SandboxLimits
 
@@ -35,6 +36,7 @@ async def launch(*argv: str, **options: Any) -> asyncio.subprocess.Process:
     """Start an isolating backend's outermost host process (bwrap, runsc): pipes for the helper's
     channel, `/` as its directory, an environment with nothing of the server's in it, and its own
     session, so that killing its process group reaches everything it started."""
+    childwatch.install()  # no thread per sandbox waiting for it to exit (Python 3.11)
     return await asyncio.create_subprocess_exec(
         *argv,
         stdin=asyncio.subprocess.PIPE,
