@@ -130,7 +130,7 @@ def egress_server(
         sse_ping_seconds=1.0,
         anthropic_base_url=fake.url,
         anthropic_api_key="fake-key",
-        sandbox_prewarm=1,  # sessions without credentials adopt ready sandboxes; those with, never
+        sandbox_prewarm=1,  # sessions adopt ready sandboxes; those with credentials get them on adoption
         sandbox_egress_allowed_networks=["127.0.0.0/8"],
         egress_upstream_ca_file=test_ca.ca_file,
     ) as srv:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from corral.sandbox.base import SandboxSpec
+from corral.sandbox.credentials import EgressCredentials
 from corral.sandbox.local import UID_BASE
 from corral.sandbox.pool import Backend, SandboxPool
 
@@ -134,6 +135,48 @@ async def test_prewarmed_sandbox_is_adopted_by_a_new_session(sandbox_root: Path,
     finally:
         await pool.aclose()
     assert not any((pool.root_dir / "warm").iterdir())  # ready sandboxes' directories are removed
+
+
+class Broker:
+    """A session's credentials as the pool sees them (`CredentialBroker`; `vault/broker.py` in the server)."""
+
+    def __init__(self, environment: dict[str, str]) -> None:
+        self._environment = environment
+
+    @property
+    def environment(self) -> dict[str, str]:
+        return self._environment
+
+    async def credentials(self) -> EgressCredentials:
+        return EgressCredentials()
+
+
+async def test_a_session_with_credentials_adopts_a_ready_sandbox_and_gets_them_only_then(
+    sandbox_root: Path, backend: Backend
+) -> None:
+    """No sandbox is started with a session's credentials, yet a session with some adopts one of its
+    recipe: their placeholder variables reach its shells and their broker its egress socket; the
+    sandbox readied after it, for anyone, has neither."""
+    pool = SandboxPool(sandbox_root / f"prewarm-vault-{backend}", backend, prewarm=1)
+    placeholder = {"GITHUB_TOKEN": "corral_placeholder_0123456789"}
+    broker = Broker(placeholder)
+    try:
+        await pool.get(SandboxSpec("seed", ""))
+        await ready(pool)
+        (warm,) = next(iter(pool._warm.values()))
+        adopted = await pool.get(SandboxSpec("vaulted", "", env=dict(placeholder), credentials=broker))
+        assert adopted is warm.sandbox and adopted.spec.credentials is broker and isinstance(adopted, ISOLATED)
+        assert await ok(adopted, "bash", {"command": "echo $GITHUB_TOKEN"}) == placeholder["GITHUB_TOKEN"]
+        assert adopted.egress is not None and adopted.egress.broker is broker
+        await ready(pool)  # topped up for the recipe without the credentials
+        (again,) = [w.sandbox for slots in pool._warm.values() for w in slots]
+        assert isinstance(again, ISOLATED) and again.egress is not None and again.egress.broker is None
+        assert not again.spec.env
+        plain = await pool.get(SandboxSpec("plain", ""))
+        assert plain is again
+        assert await ok(plain, "bash", {"command": "echo ${GITHUB_TOKEN:-unset}"}) == "unset"
+    finally:
+        await pool.aclose()
 
 
 async def test_sessions_with_files_or_another_recipe_get_their_own_sandbox(

@@ -115,6 +115,11 @@ class Sandbox(Protocol):
 
     def alive(self) -> bool: ...
 
+    async def set_env(self, env: dict[str, str], timeout: float = 5.0) -> None:
+        """Set variables for every shell started from now on (a ready sandbox adopted by a session with
+        credentials gets their placeholders this way, before its first call)."""
+        ...
+
     async def close(self) -> None:
         """Kill everything inside and release host resources. Idempotent. The workdir is kept."""
         ...

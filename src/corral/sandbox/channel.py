@@ -122,6 +122,11 @@ class HelperSandbox(ABC):
         await self._request({"op": "ping"}, timeout, "ping")
         return time.perf_counter() - start
 
+    async def set_env(self, env: dict[str, str], timeout: float = 5.0) -> None:
+        """Variables for every shell the helper starts from now on: how a ready sandbox adopted by a
+        session with vault credentials gets their placeholders (it has run no call yet)."""
+        await self._request({"op": "env", "set": env}, timeout, "env")
+
     # -- backend hooks -----------------------------------------------------------------------------
     @abstractmethod
     async def _kill(self) -> None:

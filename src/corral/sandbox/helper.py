@@ -10,6 +10,7 @@ Protocol: one JSON object per line in each direction.
   <- {"id": N, "content": [blocks], "is_error": bool}
   -> {"op": "ping", "id": N}                 <- {"id": N, "pong": true}   (answered even mid-call)
   -> {"op": "interrupt"}                     every call received so far answers "... interrupted"
+  -> {"op": "env", "id": N, "set": {...}}    <- {"id": N, "ok": true}   (for shells started from now on)
 EOF on stdin kills the shell and exits. Calls run one at a time on the main thread; a reader thread
 answers pings and handles interrupts. glob/grep walks run in a forked child, so that a runaway regex
 (which holds the GIL) can be killed without starving the reader. With `--proxy-socket PATH`, a third
@@ -268,6 +269,15 @@ class Shell:
         return 128 - rc if rc < 0 else rc
 
 
+def _sandbox_env(values) -> dict:
+    """`values` without server variables; a vault credential's placeholder may have any name."""
+    return {
+        k: v
+        for k, v in values.items()
+        if not k.startswith(("ANTHROPIC_", "CORRAL_")) or v.startswith("corral_placeholder_")
+    }
+
+
 def _inheritable(fd: int) -> bool:
     try:
         return os.get_inheritable(fd)
@@ -296,11 +306,7 @@ class Helper:
         except ImportError:
             from queue import SimpleQueue
         self.calls = SimpleQueue()
-        self.env = {  # never a server variable; a vault credential's placeholder may have any name
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("ANTHROPIC_", "CORRAL_")) or v.startswith("corral_placeholder_")
-        }
+        self.env = _sandbox_env(os.environ)
         self.env.update(PS1="", PS2="", TERM="dumb")
 
     # -- plumbing --------------------------------------------------------------------------------
@@ -326,6 +332,11 @@ class Helper:
                 self.calls.put(req)
             elif op == "interrupt":
                 self.interrupt()
+            elif op == "env":  # variables for every shell started from now on (sent before any call)
+                values = req.get("set")
+                if isinstance(values, dict):
+                    self.env.update(_sandbox_env({str(k): str(v) for k, v in values.items()}))
+                self.send({"id": req.get("id"), "ok": True})
         self.interrupt()
         self.calls.put(None)
 

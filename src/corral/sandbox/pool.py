@@ -10,6 +10,9 @@ an empty directory of its own (`root_dir/warm/<slot>`). A new session with that 
 directory is renamed to `root_dir/sessions/<id>` (the sandbox's bind mount follows the directory, not
 the path), so its first tool call does not wait for a sandbox to start. Sessions that already have
 files (a sandbox reclaimed when idle, or one that died) always get a fresh sandbox on their own files.
+No sandbox is started with a session's vault credentials: a session that has some adopts one of its
+recipe without them and gets them on adoption (placeholders set in the helper, before any call; the
+session's broker on the sandbox's egress socket).
 
 Recipes: an environment's `config.packages` is part of the recipe key, so a ready sandbox is only ever
 adopted by a session of the same packages; `_provision` binds the recipe's template (`recipes.py`: built
@@ -32,7 +35,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Literal
 
-from corral.sandbox.base import Mount, Sandbox, SandboxSpec
+from corral.sandbox.base import Mount, Sandbox, SandboxDied, SandboxSpec
 from corral.sandbox.egress import EgressProxy
 from corral.sandbox.gvisor import GvisorSandbox
 from corral.sandbox.limits import SandboxLimits
@@ -87,13 +90,23 @@ MAX_WARM_RECIPES = 4
 
 
 def recipe_key(spec: SandboxSpec) -> str:
-    """What makes two sandboxes interchangeable before a session's files are in them."""
-    fields = dataclasses.asdict(dataclasses.replace(spec, credentials=None))
+    """What makes two sandboxes interchangeable before a session's files and credentials are in them."""
+    fields = dataclasses.asdict(without_credentials(spec))
     fields.pop("credentials")
     fields.pop("session_id")
     fields.pop("workdir")
     fields.pop("files")  # the session's own: a ready sandbox has none, they are added after adoption
     return json.dumps(fields, sort_keys=True, default=list)
+
+
+def without_credentials(spec: SandboxSpec) -> SandboxSpec:
+    """`spec` as a sandbox started ahead has it: no broker, and none of its credentials' placeholder
+    variables (a session's credentials are its own; they are given to a ready sandbox on adoption)."""
+    if spec.credentials is None:
+        return spec
+    placeholders = spec.credentials.environment
+    env = {k: v for k, v in spec.env.items() if k not in placeholders}
+    return dataclasses.replace(spec, credentials=None, env=env)
 
 
 class SandboxPool:
@@ -166,16 +179,18 @@ class SandboxPool:
                 await entry.sandbox.close()
             if make_spec is not None:
                 spec = await make_spec()
-            sandbox = self._adopt(spec) or await self._provision(spec)
+            sandbox = await self._adopt(spec) or await self._provision(spec)
             self._entries[spec.session_id] = _Entry(sandbox, time.monotonic())
             self._refill(spec)
             return sandbox
 
     # ---- prewarming ----------------------------------------------------------------------------
 
-    def _adopt(self, spec: SandboxSpec) -> Sandbox | None:
-        """A ready sandbox of this recipe, moved to the new session (None if none fits)."""
-        if not self.prewarm or spec.workdir or bound_files(spec.files) or spec.credentials is not None:
+    async def _adopt(self, spec: SandboxSpec) -> Sandbox | None:
+        """A ready sandbox of this recipe, moved to the new session (None if none fits); with the
+        session's credentials, if it has any: their placeholders in the helper's environment, their
+        broker on the sandbox's egress socket."""
+        if not self.prewarm or spec.workdir or bound_files(spec.files):
             return None
         target = session_dir(self.root_dir, spec.session_id)
         slots = self._warm.get(recipe_key(spec), [])
@@ -186,26 +201,32 @@ class SandboxPool:
             if not warm.sandbox.alive():
                 self._discard(warm)
                 continue
+            if spec.credentials is not None:
+                try:
+                    await warm.sandbox.set_env(dict(spec.credentials.environment))
+                except SandboxDied:
+                    self._discard(warm)
+                    continue
             target.parent.mkdir(parents=True, exist_ok=True)
             self._restrict(target.parent)
             os.rename(warm.home, target)  # the sandbox's /workspace mount follows the directory
-            ready = warm.sandbox.spec
             warm.sandbox.spec = dataclasses.replace(
-                spec, workdir=str(target / "workspace"), mounts=ready.mounts, env=ready.env
+                spec, workdir=str(target / "workspace"), mounts=warm.sandbox.spec.mounts
             )
             listener = getattr(warm.sandbox, "egress", None)
             if listener is not None:
                 listener.session_id = spec.session_id
+                listener.broker = spec.credentials
             if warm.slot in self._uids:
                 self._uids[spec.session_id] = self._uids.pop(warm.slot)
             return warm.sandbox
         return None
 
     def _refill(self, spec: SandboxSpec) -> None:
-        """Top up the ready sandboxes of `spec`'s recipe in the background."""
-        if not self.prewarm or self._closed or spec.credentials is not None:
-            return  # a session's credentials are its own: no sandbox is started ahead with them
-        key = recipe_key(spec)
+        """Top up the ready sandboxes of `spec`'s recipe (without its credentials) in the background."""
+        if not self.prewarm or self._closed:
+            return
+        spec, key = without_credentials(spec), recipe_key(spec)
         self._warm[key] = self._warm.pop(key, [])  # most recently used last
         while len(self._warm) > MAX_WARM_RECIPES:
             for warm in self._warm.pop(next(iter(self._warm))):
