@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from corral.sandbox.base import Sandbox, SandboxDied, SandboxSpec, SandboxUnavailable
+from corral.sandbox.channel import HELPER_PATH
 from corral.sandbox.gvisor import GvisorSandbox, check_gvisor
 from corral.sandbox.limits import SandboxLimits
 from corral.sandbox.local import BwrapSandbox, check_isolation
@@ -168,6 +169,31 @@ async def test_non_ascii_and_undecodable_names_travel_both_ways(sbx: Sandbox) ->
     found = await ok(sbx, "glob", {"pattern": "bad*"})
     assert found.startswith("/workspace/bad") and found.endswith(".txt"), found
     await ok(sbx, "bash", {"command": "rm -f bad*"})
+
+
+@pytest.mark.parametrize(
+    "last", [b'{"op": "ping", "id": 1}\n', b'{"op": "call", "id": 1, "name": "bash", "input": {"command": "true"}}\n']
+)
+def test_the_helper_exits_when_its_host_is_gone_even_with_a_reply_on_the_way(tmp_path: Path, last: bytes) -> None:
+    """A server killed with a reply on its way: the reply cannot be written (the reader of stdout is
+    gone), and then stdin ends. The helper must exit, from its reader thread (a pong) or its main thread
+    (a call's result): left waiting, it would keep the dead server's sandbox alive for good."""
+    proc = subprocess.Popen(
+        ["/usr/bin/python3", "-I", "-S", HELPER_PATH, "--workdir", str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdout.close()
+    proc.stdin.write(last)
+    proc.stdin.flush()
+    time.sleep(0.3)
+    proc.stdin.close()
+    try:
+        assert proc.wait(timeout=10) is not None
+    finally:
+        proc.kill()
 
 
 async def test_unknown_tool_is_an_error_result(sbx: Sandbox) -> None:

@@ -317,28 +317,34 @@ class Helper:
             sys.stdout.buffer.flush()
 
     def read_loop(self) -> None:
-        """Reader thread: queue calls, answer pings, handle interrupts; on EOF stop everything."""
-        for raw in sys.stdin.buffer:
-            try:
-                req = json_loads(raw)
-            except ValueError:
-                continue
-            op = req.get("op")
-            if op == "ping":
-                self.send({"id": req.get("id"), "pong": True})
-            elif op == "call":
-                with self.state_lock:
-                    self.received = max(self.received, int(req.get("id") or 0))
-                self.calls.put(req)
-            elif op == "interrupt":
-                self.interrupt()
-            elif op == "env":  # variables for every shell started from now on (sent before any call)
-                values = req.get("set")
-                if isinstance(values, dict):
-                    self.env.update(_sandbox_env({str(k): str(v) for k, v in values.items()}))
-                self.send({"id": req.get("id"), "ok": True})
-        self.interrupt()
-        self.calls.put(None)
+        """Reader thread: queue calls, answer pings, handle interrupts; on EOF, or when replies can no
+        longer be written (the host is gone), stop everything: a helper left waiting would keep the
+        sandbox of a dead server alive."""
+        try:
+            for raw in sys.stdin.buffer:
+                try:
+                    req = json_loads(raw)
+                except ValueError:
+                    continue
+                op = req.get("op")
+                if op == "ping":
+                    self.send({"id": req.get("id"), "pong": True})
+                elif op == "call":
+                    with self.state_lock:
+                        self.received = max(self.received, int(req.get("id") or 0))
+                    self.calls.put(req)
+                elif op == "interrupt":
+                    self.interrupt()
+                elif op == "env":  # variables for every shell started from now on (sent before any call)
+                    values = req.get("set")
+                    if isinstance(values, dict):
+                        self.env.update(_sandbox_env({str(k): str(v) for k, v in values.items()}))
+                    self.send({"id": req.get("id"), "ok": True})
+        except OSError:  # stdout (or stdin) broke
+            pass
+        finally:
+            self.interrupt()
+            self.calls.put(None)
 
     def interrupt(self) -> None:
         """Cancel every call received so far: the running one now, queued ones when they come up."""
@@ -374,7 +380,10 @@ class Helper:
                 reply = self.dispatch(req)
             with self.state_lock:
                 self.current = 0
-            self.send({"id": req.get("id"), **reply})
+            try:
+                self.send({"id": req.get("id"), **reply})
+            except OSError:  # the host is gone
+                break
         if self.shell is not None:
             self.shell.kill()
 
