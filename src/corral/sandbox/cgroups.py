@@ -23,21 +23,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import logging
 import os
 import shlex
 import signal
+import time
 import uuid
 from pathlib import Path
 
 from corral.sandbox.limits import SandboxLimits
 
-__all__ = ["Cgroup", "detect"]
+__all__ = ["Cgroup", "detect", "sweep_leftovers"]
 
 log = logging.getLogger(__name__)
 ROOT = Path("/sys/fs/cgroup")
 PARENT = "corral"
 V1_CONTROLLERS = ("memory", "pids", "cpu")
+LEFTOVER_AGE = 300.0
+"""Seconds after which an empty sandbox cgroup is a leftover: a sandbox is in its cgroup seconds after
+the cgroup is made (or its start has failed)."""
 
 
 def detect() -> str | None:
@@ -67,10 +72,12 @@ class Cgroup:
 
     @classmethod
     def create(cls, limits: SandboxLimits, name: str | None = None) -> Cgroup | None:
-        """Make and configure a cgroup, or return None when that is not possible here (logged)."""
+        """Make and configure a cgroup, or return None when that is not possible here (logged). The first
+        call of a process also removes what earlier, killed servers left behind (`sweep_leftovers`)."""
         version = detect()
         if version is None:
             return None
+        _sweep_once(version)
         name = name or f"sbx-{uuid.uuid4().hex[:12]}"
         try:
             if version == "v1":
@@ -204,6 +211,41 @@ class Cgroup:
             with contextlib.suppress(OSError):
                 d.rmdir()
         self.dirs = []
+
+
+def sweep_leftovers(version: str, min_age: float = LEFTOVER_AGE) -> int:
+    """Remove empty sandbox cgroups made more than `min_age` seconds ago; how many directories went.
+
+    A server killed with SIGKILL never removes its sandboxes' cgroups (the sandboxes themselves end once
+    their helper's stdin closes), and neither does one whose sandbox processes outlived `remove()`'s
+    retries. Any corral process may sweep: a cgroup in use has processes (the kernel refuses to remove
+    it), and one just made for a sandbox that is starting is younger than `min_age`."""
+    bases = [ROOT / c / PARENT for c in V1_CONTROLLERS] if version == "v1" else [ROOT / PARENT]
+    cutoff = time.time() - min_age
+    removed = 0
+    for base in bases:
+        try:
+            entries = list(os.scandir(base))
+        except OSError:
+            continue
+        for entry in entries:
+            if not entry.name.startswith("sbx-") or not entry.is_dir(follow_symlinks=False):
+                continue
+            try:
+                if entry.stat().st_mtime > cutoff or Path(entry.path, "cgroup.procs").read_text().strip():
+                    continue
+                os.rmdir(entry.path)
+                removed += 1
+            except OSError:  # in use after all, or removed by its owner meanwhile
+                continue
+    return removed
+
+
+@functools.cache
+def _sweep_once(version: str) -> None:
+    removed = sweep_leftovers(version)
+    if removed:
+        log.info("removed %d cgroup directories left behind by earlier sandboxes", removed)
 
 
 def _write(path: Path, value: object) -> None:
