@@ -12,6 +12,7 @@ from corral.sandbox.base import SandboxSpec
 from corral.sandbox.credentials import EgressCredentials
 from corral.sandbox.local import UID_BASE
 from corral.sandbox.pool import Backend, SandboxPool
+from corral.sandbox.uids import UidLeases
 
 from .helpers import ISOLATED, ok
 
@@ -197,6 +198,35 @@ async def test_sessions_with_files_or_another_recipe_get_their_own_sandbox(
         assert other is not warm.sandbox and warm.home.exists()
     finally:
         await pool.aclose()
+
+
+async def test_two_pools_starting_sandboxes_at_once_never_share_a_uid(sandbox_root: Path, backend: Backend) -> None:
+    """Two corral processes on one machine (here two pools) hand out the same range: a uid is leased
+    with a lock (`uids.UidLeases`), so choosing it and holding it are one step, even when both start
+    sandboxes at the same moment."""
+    if os.geteuid() != 0:
+        pytest.skip("only root hands sandboxes their own uids")
+    pools = [SandboxPool(sandbox_root / f"twin-{i}-{backend}", backend, egress=False) for i in range(2)]
+    try:
+        sandboxes = await asyncio.gather(*(pools[i % 2].get(SandboxSpec(f"t{i}", "")) for i in range(6)))
+        uids = [getattr(s, "host_uid", None) for s in sandboxes]
+        assert None not in uids and len(set(uids)) == 6, uids
+    finally:
+        for pool in pools:
+            await pool.aclose()
+
+
+def test_a_uid_leased_elsewhere_is_skipped_until_released(tmp_path: Path) -> None:
+    first, second = UidLeases(range(300000, 300003), tmp_path), UidLeases(range(300000, 300003), tmp_path)
+    assert first.lease() == 300000
+    assert second.lease(preferred=300000) == 300001  # the files' owner is another process's now
+    first.release(300000)
+    assert second.lease(preferred=300000) == 300000
+    assert first.lease() == 300002
+    with pytest.raises(RuntimeError, match="no free sandbox uids"):
+        first.lease()
+    second.release_all()
+    assert first.lease() == 300000
 
 
 async def test_uids_running_processes_elsewhere_are_not_handed_out(sandbox_root: Path, backend: Backend) -> None:

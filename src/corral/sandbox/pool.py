@@ -22,7 +22,6 @@ once, shared read-only by every sandbox of the recipe), building it first if it 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 import logging
@@ -42,6 +41,7 @@ from corral.sandbox.limits import SandboxLimits
 from corral.sandbox.local import UID_BASE, UID_COUNT, BwrapSandbox, IsolationReport, check_isolation
 from corral.sandbox.mounts import bound_files
 from corral.sandbox.recipes import RECIPE_DIR, Templates, recipe_env
+from corral.sandbox.uids import UidLeases
 from corral.sandbox.unsafe import UnsafeSandbox
 
 __all__ = ["Backend", "IsolationReport", "SandboxPool", "check_isolation", "session_dir"]
@@ -50,17 +50,6 @@ log = logging.getLogger(__name__)
 
 Backend = Literal["bwrap", "gvisor", "unsafe"]
 _SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
-
-
-def _uids_with_processes() -> set[int]:
-    """The uids that own a running process (from /proc; empty where there is none)."""
-    uids = set()
-    with contextlib.suppress(OSError), os.scandir("/proc") as entries:
-        for entry in entries:
-            if entry.name.isdigit():
-                with contextlib.suppress(OSError):
-                    uids.add(entry.stat(follow_symlinks=False).st_uid)
-    return uids
 
 
 def session_dir(root_dir: Path, session_id: str) -> Path:
@@ -137,8 +126,9 @@ class SandboxPool:
         self.runsc = runsc
         self.limits = limits or SandboxLimits()
         self.idle_seconds = idle_seconds
-        self._uid_range = range(uid_base, uid_base + uid_count)
+        self._leases = UidLeases(range(uid_base, uid_base + uid_count))
         self._uids: dict[str, int] = {}
+        """Host uid per session (or ready slot, or recipe build), leased machine-wide until forgotten."""
         self._entries: dict[str, _Entry] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._closed = False
@@ -246,7 +236,7 @@ class SandboxPool:
             except Exception:
                 log.warning("could not prewarm a sandbox", exc_info=True)
                 await asyncio.to_thread(shutil.rmtree, home, True)
-                self._uids.pop(slot, None)
+                self._forget_uid(slot)
                 return
             warm = _Warm(sandbox, home, slot)
             if self._closed or key not in self._warm:
@@ -255,10 +245,9 @@ class SandboxPool:
             self._warm[key].append(warm)
 
     def _discard(self, warm: _Warm) -> None:
-        self._uids.pop(warm.slot, None)
-
         async def close() -> None:
             await warm.sandbox.close()
+            self._forget_uid(warm.slot)  # only now: its processes are gone
             await asyncio.to_thread(shutil.rmtree, warm.home, True)
 
         task = asyncio.create_task(close(), name="sandbox-discard")
@@ -279,7 +268,7 @@ class SandboxPool:
         try:
             path = await self.templates.ensure(recipe, self._start)
         finally:
-            self._uids.pop(recipe.build_id, None)  # the build's sandbox is closed and its directories gone
+            self._forget_uid(recipe.build_id)  # the build's sandbox is closed and its directories gone
         mounts = spec.mounts
         if self.templates.binds:
             mounts = (*mounts, Mount(str(path), RECIPE_DIR))
@@ -309,27 +298,23 @@ class SandboxPool:
             os.chmod(d, 0o711)
 
     def _uid_for(self, session_id: str, workdir: Path) -> int:
-        """Keep a session's uid stable: reuse the workdir's owner when it is ours and free (no chown).
-
-        A new uid is one no sandbox of this pool has and no process on the machine runs as: pools of
-        other corral processes on the same machine hand out the same range."""
+        """Keep a session's uid stable: its files' owner when that uid is free (no chown), else a new one,
+        leased machine-wide (`uids.UidLeases`: other corral processes hand out the same range)."""
         if session_id in self._uids:
             return self._uids[session_id]
-        taken = set(self._uids.values())
         try:
-            owner = workdir.stat().st_uid
+            owner: int | None = workdir.stat().st_uid
         except OSError:
-            owner = -1
-        if owner in self._uid_range and owner not in taken:
-            uid = owner
-        else:
-            taken |= _uids_with_processes()
-            free = next((u for u in self._uid_range if u not in taken), None)
-            if free is None:
-                raise RuntimeError("no free sandbox uids left in the pool's range")
-            uid = free
+            owner = None
+        uid = self._leases.lease(preferred=owner)
         self._uids[session_id] = uid
         return uid
+
+    def _forget_uid(self, key: str) -> None:
+        """`key` (a session, ready slot or recipe build) no longer needs its uid: give up the lease."""
+        uid = self._uids.pop(key, None)
+        if uid is not None:
+            self._leases.release(uid)
 
     async def release_idle(self) -> list[str]:
         """Close sandboxes unused for `idle_seconds` (their workdirs stay). Returns their session ids."""
@@ -350,7 +335,7 @@ class SandboxPool:
         if entry is not None:
             await entry.sandbox.close()
         self._locks.pop(session_id, None)
-        self._uids.pop(session_id, None)
+        self._forget_uid(session_id)
         if remove_workdir:
             await asyncio.to_thread(shutil.rmtree, session_dir(self.root_dir, session_id), ignore_errors=True)
 
@@ -367,6 +352,8 @@ class SandboxPool:
         await asyncio.gather(*self._discarding, return_exceptions=True)
         entries, self._entries = list(self._entries.values()), {}
         await asyncio.gather(*(e.sandbox.close() for e in entries), return_exceptions=True)
+        self._uids.clear()
+        self._leases.release_all()
         if self.egress is not None:
             await self.egress.aclose()
 
