@@ -47,6 +47,8 @@ async def test_release_idle_keeps_workdir_and_uid(sandbox_root: Path, backend: B
         await asyncio.sleep(0.3)
         assert await pool.release_idle() == ["idle"]
         assert not first.alive() and len(pool) == 0
+        if isinstance(first, ISOLATED) and first.host_uid is not None:  # no lease while it has no sandbox
+            assert not pool._leases.holds(first.host_uid)
         second = await pool.get(SandboxSpec("idle", ""))
         assert second is not first
         assert await ok(second, "read", {"file_path": "notes.md"}) == "kept"

@@ -317,7 +317,8 @@ class SandboxPool:
             self._leases.release(uid)
 
     async def release_idle(self) -> list[str]:
-        """Close sandboxes unused for `idle_seconds` (their workdirs stay). Returns their session ids."""
+        """Close sandboxes unused for `idle_seconds` (their workdirs stay, and their uid's lease goes: the
+        next sandbox prefers the files' owner again). Returns their session ids."""
         now = time.monotonic()
         idle = []
         for session_id, entry in list(self._entries.items()):
@@ -327,6 +328,7 @@ class SandboxPool:
         for session_id in idle:
             entry = self._entries.pop(session_id)
             await entry.sandbox.close()
+            self._forget_uid(session_id)  # leases are held by live sandboxes only, not every session seen
         return idle
 
     async def destroy(self, session_id: str, remove_workdir: bool = True) -> None:

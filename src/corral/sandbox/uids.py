@@ -62,6 +62,9 @@ class UidLeases:
             return uid
         raise RuntimeError(f"no free sandbox uids left in {self.uids.start}-{self.uids.stop - 1}")
 
+    def holds(self, uid: int) -> bool:
+        return uid in self._held
+
     def release(self, uid: int) -> None:
         fd = self._held.pop(uid, None)
         if fd is not None:
