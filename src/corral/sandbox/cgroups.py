@@ -12,10 +12,12 @@ sandbox child in from the host (`add`) while bwrap sets up, which it does held a
 the kernel checks the credentials of whoever *opened* the file, so an unprivileged child may join this
 way and no other).
 
-On cgroup v1 a move waits for an RCU grace period unless another move happened just before (~7-10 ms
-on this project's VM after a quiet spell, ~0.4 ms back to back), whoever writes and however: the
-kernel's `favordynmods` mount option, which v1 hierarchies do not take, would avoid it. That wait is why
-bubblewrap's launch moves its processes in from the host, overlapping bwrap's own set-up.
+A move waits for an RCU grace period unless another move happened just before (~7-10 ms on this
+project's VM after a quiet spell, ~0.4 ms back to back), whoever writes and however. The kernel's
+`favordynmods` option avoids it; only a cgroup v2 mount takes it, and on this project's v1/v2 hybrid VM,
+set on the v2 mount, it also ended the wait of v1 moves, for the rest of the boot (docs/benchmarks.md).
+That wait is why bubblewrap's launch moves its processes in from the host, overlapping bwrap's own
+set-up.
 """
 
 from __future__ import annotations
